@@ -1,1 +1,47 @@
-//! placeholder
+//! Typed configuration for the Postern relay and SDK agent.
+//!
+//! Each program reads one TOML file into a typed struct ([`RelayConfig`], [`AgentConfig`]).
+//! Parsing is strict: unknown fields are rejected, durations are humantime strings (`"10s"`,
+//! `"5m"`), and omitted sections take documented defaults. After parsing, the configuration is
+//! validated as a whole — ranges, cross-field constraints, keys, URLs, lease names — and the
+//! first problem is returned as [`ConfigError::Invalid`], whose `field` is the dotted TOML path
+//! of the offending value (`limits.max_sessions`, `lease[1].name`). Syntax and type errors come
+//! back as [`ConfigError::Parse`] with the line, column and key from `toml`.
+//!
+//! A commented example of each file lives in `config/examples/`.
+//!
+//! ```
+//! let key = "[control_plane]\npublic_keys = [\"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"]\n";
+//! let cfg = postern_config::parse_relay(key, "inline")?;
+//! assert_eq!(cfg.limits.max_sessions, 10_000);
+//!
+//! let text = format!("{key}[limits]\nmax_sessions = 0\n");
+//! let err = postern_config::parse_relay(&text, "inline").unwrap_err();
+//! assert_eq!(err.to_string(), "invalid `limits.max_sessions`: must be greater than 0");
+//! # Ok::<(), postern_config::ConfigError>(())
+//! ```
+
+mod agent;
+mod check;
+mod error;
+mod load;
+mod relay;
+
+pub use agent::{AgentConfig, AgentLimits, LeaseConfig, ReconnectConfig};
+pub use error::ConfigError;
+pub use load::{load_agent, load_relay, parse_agent, parse_relay};
+pub use relay::{ControlPlane, RelayConfig, RelayLimits, RelayListen, RelayTimeouts, TlsFiles};
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn examples_parse_and_validate() {
+        let relay = parse_relay(include_str!("../examples/relay.toml"), "relay.toml").unwrap();
+        assert_eq!(relay.control_plane.public_key_bytes(), vec![[1u8; 32]]);
+        let agent = parse_agent(include_str!("../examples/agent.toml"), "agent.toml").unwrap();
+        assert_eq!(agent.leases.len(), 2);
+    }
+}

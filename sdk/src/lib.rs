@@ -1,1 +1,12 @@
-//! placeholder
+//! Postern SDK: the client library used by services (to listen on a lease) and by the gateway
+//! (to dial one), plus the `postern` CLI.
+//!
+//! Layers, bottom up: [`websocket`] turns a WebSocket into a byte stream; [`mux`] runs yamux
+//! over it; [`frame`] and [`protocol`] are the control messages; [`noise`] and [`record`] are
+//! the end-to-end encryption the relay cannot see through; [`listener`] and [`dialer`] are the
+//! public API built from them.
+
+pub mod frame;
+pub mod mux;
+pub mod protocol;
+pub mod websocket;

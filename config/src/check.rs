@@ -1,0 +1,67 @@
+//! Small validation primitives shared by the relay and agent sections.
+
+use std::time::Duration;
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+
+use crate::ConfigError;
+
+/// `Ok(())` if `ok`, otherwise an [`ConfigError::Invalid`] for `field`.
+pub(crate) fn ensure(ok: bool, field: &str, reason: &str) -> Result<(), ConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, reason))
+    }
+}
+
+/// Every `(name, value)` must be greater than zero; fields are reported as `at.name`.
+pub(crate) fn all_positive(at: &str, counts: &[(&str, usize)]) -> Result<(), ConfigError> {
+    for (name, value) in counts {
+        ensure(
+            *value > 0,
+            &format!("{at}.{name}"),
+            "must be greater than 0",
+        )?;
+    }
+    Ok(())
+}
+
+/// Every `(name, duration)` must be non-zero; fields are reported as `at.name`.
+pub(crate) fn all_nonzero(at: &str, durations: &[(&str, Duration)]) -> Result<(), ConfigError> {
+    for (name, value) in durations {
+        ensure(
+            !value.is_zero(),
+            &format!("{at}.{name}"),
+            "must be greater than 0",
+        )?;
+    }
+    Ok(())
+}
+
+/// Decodes a standard-base64 32-byte public key (Ed25519 or X25519).
+pub(crate) fn key32(field: &str, b64: &str) -> Result<[u8; 32], ConfigError> {
+    let bytes = STANDARD
+        .decode(b64)
+        .map_err(|e| ConfigError::invalid(field, format!("not valid base64: {e}")))?;
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
+        ConfigError::invalid(
+            field,
+            format!("must decode to 32 bytes, got {}", bytes.len()),
+        )
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key32_checks_encoding_and_length() {
+        assert_eq!(key32("k", &STANDARD.encode([9u8; 32])).unwrap(), [9u8; 32]);
+        let short = key32("k", &STANDARD.encode([9u8; 31])).unwrap_err();
+        assert!(short.to_string().contains("got 31"), "{short}");
+        assert_eq!(key32("k", "not base64!").unwrap_err().field(), Some("k"));
+    }
+}

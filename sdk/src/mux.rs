@@ -1,0 +1,325 @@
+//! A yamux session driven by its own task, with a cloneable handle to open streams.
+//!
+//! yamux 0.13 makes progress only while its `Connection` is polled, and opening a stream needs
+//! `&mut Connection`; so one task owns the connection, answers open requests from a bounded
+//! channel and hands inbound streams to a bounded queue. When that queue is full an inbound
+//! stream is reset at once (the peer sees a closed stream) instead of stalling every other
+//! stream of the session. Streams are exposed as tokio `AsyncRead + AsyncWrite`.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+
+/// A yamux stream as a tokio byte stream. An outbound stream holds its slot of the session's
+/// stream limit until it is dropped.
+pub struct MuxStream {
+    inner: Compat<yamux::Stream>,
+    _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for MuxStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MuxStream({})", self.inner.get_ref().id())
+    }
+}
+
+impl AsyncRead for MuxStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MuxStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Which end of the session this is. The side that dialed the transport is the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Server,
+}
+
+/// Session limits.
+#[derive(Debug, Clone, Copy)]
+pub struct MuxConfig {
+    /// Concurrent streams in the session (both directions).
+    pub max_streams: usize,
+    /// Inbound streams waiting for `accept` before new ones are reset.
+    pub max_pending_accepts: usize,
+    /// Whether buffered data may still be read after the session ends. Off for sessions whose
+    /// end must never look like a clean end of stream (inside the E2EE channel).
+    pub read_after_close: bool,
+}
+
+impl Default for MuxConfig {
+    fn default() -> Self {
+        Self {
+            max_streams: 1024,
+            max_pending_accepts: 256,
+            read_after_close: true,
+        }
+    }
+}
+
+impl MuxConfig {
+    fn yamux(&self) -> yamux::Config {
+        let mut cfg = yamux::Config::default();
+        // yamux 0.13 tears the whole connection down when an open exceeds its stream cap, so
+        // our own semaphore enforces `max_streams` for outbound streams and yamux gets room for
+        // both directions plus streams dropped but not yet reaped by its task.
+        let yamux_streams = self.max_streams.max(1) * 2 + 16;
+        // yamux requires the connection window to hold 256 KiB per stream; stream windows are
+        // auto-tuned up to it, which keeps one busy stream from being capped at window/RTT.
+        let window = yamux_streams * 256 * 1024;
+        cfg.set_max_connection_receive_window(Some(window.max(1 << 30)));
+        cfg.set_max_num_streams(yamux_streams);
+        cfg.set_read_after_close(self.read_after_close);
+        cfg.set_split_send_size(16 * 1024);
+        cfg
+    }
+}
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MuxError {
+    #[error("session closed")]
+    Closed,
+    #[error("session stream limit of {0} reached")]
+    TooManyStreams(usize),
+    #[error("yamux: {0}")]
+    Yamux(#[from] yamux::ConnectionError),
+}
+
+type OpenReply = oneshot::Sender<Result<yamux::Stream, MuxError>>;
+
+/// Cloneable handle that opens streams on a session.
+#[derive(Clone)]
+pub struct MuxHandle {
+    open_tx: mpsc::Sender<OpenReply>,
+    closed: watch::Receiver<bool>,
+    slots: Arc<Semaphore>,
+    max_streams: usize,
+}
+
+impl std::fmt::Debug for MuxHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MuxHandle")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Inbound streams of a session. Dropping it makes every later inbound stream be reset.
+pub struct MuxInbound {
+    rx: mpsc::Receiver<yamux::Stream>,
+}
+
+impl std::fmt::Debug for MuxInbound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MuxInbound")
+    }
+}
+
+impl MuxInbound {
+    /// Next stream the peer opened; `None` once the session is over.
+    pub async fn accept(&mut self) -> Option<MuxStream> {
+        self.rx.recv().await.map(|s| MuxStream {
+            inner: s.compat(),
+            _slot: None,
+        })
+    }
+}
+
+impl MuxHandle {
+    /// Opens a new outbound stream.
+    pub async fn open(&self) -> Result<MuxStream, MuxError> {
+        let slot = Arc::clone(&self.slots)
+            .try_acquire_owned()
+            .map_err(|_| MuxError::TooManyStreams(self.max_streams))?;
+        let (tx, rx) = oneshot::channel();
+        self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
+        let stream = rx.await.map_err(|_| MuxError::Closed)??;
+        Ok(MuxStream {
+            inner: stream.compat(),
+            _slot: Some(slot),
+        })
+    }
+
+    /// Outbound streams currently open through this handle's session.
+    pub fn open_streams(&self) -> usize {
+        self.max_streams - self.slots.available_permits()
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        *self.closed.borrow() || self.open_tx.is_closed()
+    }
+
+    /// Resolves when the session has ended.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.clone();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// Starts a session over `io` on its own task. Dropping every handle *and* the inbound queue
+/// closes the session.
+pub fn spawn<T>(io: T, side: Side, cfg: MuxConfig) -> (MuxHandle, MuxInbound)
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mode = match side {
+        Side::Client => yamux::Mode::Client,
+        Side::Server => yamux::Mode::Server,
+    };
+    let conn = yamux::Connection::new(io.compat(), cfg.yamux(), mode);
+    let (open_tx, open_rx) = mpsc::channel(64);
+    let (inbound_tx, inbound_rx) = mpsc::channel(cfg.max_pending_accepts.max(1));
+    let (closed_tx, closed_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        drive(conn, open_rx, inbound_tx).await;
+        let _ = closed_tx.send(true);
+    });
+    (
+        MuxHandle {
+            open_tx,
+            closed: closed_rx,
+            slots: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
+            max_streams: cfg.max_streams.max(1),
+        },
+        MuxInbound { rx: inbound_rx },
+    )
+}
+
+async fn drive<T>(
+    mut conn: yamux::Connection<T>,
+    mut open_rx: mpsc::Receiver<OpenReply>,
+    inbound_tx: mpsc::Sender<yamux::Stream>,
+) where
+    T: futures::AsyncRead + futures::AsyncWrite + Unpin,
+{
+    let mut pending_open: Option<OpenReply> = None;
+    let mut opens_done = false;
+    let result = poll_fn(|cx| {
+        // Open requests, one at a time (yamux hands out outbound streams in order).
+        loop {
+            if pending_open.is_none() && !opens_done {
+                match open_rx.poll_recv(cx) {
+                    Poll::Ready(Some(reply)) => pending_open = Some(reply),
+                    Poll::Ready(None) => opens_done = true,
+                    Poll::Pending => {}
+                }
+            }
+            let Some(reply) = pending_open.take() else {
+                break;
+            };
+            if reply.is_closed() {
+                continue;
+            }
+            match conn.poll_new_outbound(cx) {
+                Poll::Ready(result) => {
+                    let failed = result.is_err();
+                    let _ = reply.send(result.map_err(MuxError::from));
+                    if failed {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                Poll::Pending => {
+                    pending_open = Some(reply);
+                    break;
+                }
+            }
+        }
+        // Inbound streams; polling this also drives all I/O of the session.
+        loop {
+            match conn.poll_next_inbound(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    // Full queue or nobody accepting: dropping the stream resets it.
+                    let _ = inbound_tx.try_send(stream);
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => break,
+            }
+        }
+        if opens_done && inbound_tx.is_closed() && pending_open.is_none() {
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Pending
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "mux session ended with an error");
+    }
+    // Tell the peer we are gone (bounded: a dead peer must not hold this task).
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        poll_fn(|cx| conn.poll_close(cx)),
+    )
+    .await;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn streams_open_both_ways_and_carry_data() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ha, mut ia) = spawn(a, Side::Client, MuxConfig::default());
+        let (hb, mut ib) = spawn(b, Side::Server, MuxConfig::default());
+
+        let mut s = ha.open().await.unwrap();
+        s.write_all(b"ping").await.unwrap();
+        s.flush().await.unwrap();
+        let mut r = ib.accept().await.unwrap();
+        let mut buf = [0u8; 4];
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        let mut s = hb.open().await.unwrap();
+        s.write_all(b"pong").await.unwrap();
+        s.flush().await.unwrap();
+        let mut r = ia.accept().await.unwrap();
+        r.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_transport_closes_the_handle() {
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let (ha, _ia) = spawn(a, Side::Client, MuxConfig::default());
+        drop(b);
+        tokio::time::timeout(std::time::Duration::from_secs(5), ha.closed())
+            .await
+            .unwrap();
+        assert!(ha.open().await.is_err());
+    }
+}
