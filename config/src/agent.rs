@@ -189,50 +189,45 @@ fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
 
 impl LeaseConfig {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
-        let chars = self.name.chars().count();
+        let field = |name: &str| format!("{at}.{name}");
+        let len = self.name.chars().count();
         ensure(
-            (1..=MAX_NAME_CHARS).contains(&chars),
-            &format!("{at}.name"),
+            len > 0 && len <= MAX_NAME_CHARS,
+            &field("name"),
             "must be 1 to 63 characters",
         )?;
+        let bad = |c: char| c.is_whitespace() || c.is_control() || c == '/';
         ensure(
-            !self
-                .name
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '/'),
-            &format!("{at}.name"),
+            !self.name.contains(bad),
+            &field("name"),
             "must not contain whitespace, control characters or '/'",
         )?;
         let rest = ["http://", "tcp://"]
             .iter()
-            .find_map(|scheme| self.target.strip_prefix(scheme));
+            .find_map(|s| self.target.strip_prefix(s));
+        let target_ok = rest.is_some_and(|r| !r.is_empty());
         ensure(
-            rest.is_some_and(|r| !r.is_empty()),
-            &format!("{at}.target"),
+            target_ok,
+            &field("target"),
             "must be http://host:port or tcp://host:port",
         )?;
         for (i, proto) in self.alpn.iter().enumerate() {
-            ensure(
-                (1..=MAX_ALPN_BYTES).contains(&proto.len()),
-                &format!("{at}.alpn[{i}]"),
-                "must be 1 to 255 bytes",
-            )?;
+            let ok = !proto.is_empty() && proto.len() <= MAX_ALPN_BYTES;
+            ensure(ok, &field(&format!("alpn[{i}]")), "must be 1 to 255 bytes")?;
         }
+        let entries = self.metadata.len();
         ensure(
-            self.metadata.len() <= MAX_METADATA_ENTRIES,
-            &format!("{at}.metadata"),
+            entries <= MAX_METADATA_ENTRIES,
+            &field("metadata"),
             "at most 32 entries",
         )?;
         for (key, value) in &self.metadata {
-            let field = format!("{at}.metadata.{key}");
-            ensure(
-                (1..=MAX_METADATA_KEY_BYTES).contains(&key.len()),
-                &field,
-                "key must be 1 to 64 bytes",
-            )?;
+            let f = field(&format!("metadata.{key}"));
+            let key_ok = !key.is_empty() && key.len() <= MAX_METADATA_KEY_BYTES;
+            ensure(key_ok, &f, "key must be 1 to 64 bytes")?;
             ensure(
                 value.len() <= MAX_METADATA_VALUE_BYTES,
-                &field,
+                &f,
                 "value must be at most 256 bytes",
             )?;
         }

@@ -7,6 +7,7 @@
 //! public API built from them.
 
 pub mod frame;
+pub mod noise;
 pub mod mux;
 pub mod protocol;
 pub mod websocket;
