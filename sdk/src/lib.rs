@@ -6,8 +6,13 @@
 //! the end-to-end encryption the relay cannot see through; [`listener`] and [`dialer`] are the
 //! public API built from them.
 
+pub mod e2ee;
 pub mod frame;
+pub mod grant;
+pub mod identity;
+pub mod lease_name;
 pub mod noise;
 pub mod mux;
 pub mod protocol;
+pub mod record;
 pub mod websocket;
