@@ -297,7 +297,10 @@ mod tests {
         policy: &ResponderPolicy,
         responder_key: &StaticKeypair,
         pinned: &PublicKey,
-    ) -> (Result<SessionInfo, E2eeError>, Result<SessionInfo, E2eeError>) {
+    ) -> (
+        Result<SessionInfo, E2eeError>,
+        Result<SessionInfo, E2eeError>,
+    ) {
         let (a, b) = tokio::io::duplex(4096);
         let initiator_key = StaticKeypair::generate();
         let t = Duration::from_secs(2);

@@ -134,7 +134,9 @@ mod tests {
     async fn oversized_length_is_refused_before_allocation() {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
-        let err = read_frame::<ClientFrame, _>(&mut b, 1024).await.unwrap_err();
+        let err = read_frame::<ClientFrame, _>(&mut b, 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     }
 
@@ -143,12 +145,16 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 10, 1, 2]).await.unwrap();
         drop(a);
-        let err = read_frame::<ClientFrame, _>(&mut b, 1024).await.unwrap_err();
+        let err = read_frame::<ClientFrame, _>(&mut b, 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Truncated), "{err}");
 
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff]).await.unwrap();
-        let err = read_frame::<ClientFrame, _>(&mut b, 1024).await.unwrap_err();
+        let err = read_frame::<ClientFrame, _>(&mut b, 1024)
+            .await
+            .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
     }
 

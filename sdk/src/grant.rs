@@ -52,7 +52,10 @@ fn signed_bytes(grant: &[u8]) -> Vec<u8> {
 /// Signs a grant with the control plane's key.
 pub fn mint(control_plane: &Identity, grant: &LeaseGrant) -> SignedGrant {
     let bytes = grant.encode_to_vec();
-    let signature = control_plane.sign(&signed_bytes(&bytes)).to_bytes().to_vec();
+    let signature = control_plane
+        .sign(&signed_bytes(&bytes))
+        .to_bytes()
+        .to_vec();
     SignedGrant {
         grant: bytes,
         signature,

@@ -112,7 +112,11 @@ impl Identity {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
+            let mode = std::fs::metadata(path)
+                .map_err(io_err)?
+                .permissions()
+                .mode()
+                & 0o777;
             if mode & 0o077 != 0 {
                 return Err(KeyError::Permissions {
                     path: shown.clone(),
@@ -258,9 +262,7 @@ mod tests {
         let sig = id.sign_static_key("alpha").to_bytes();
         assert!(verify_static_key(&id.verifying_key(), "alpha", key.as_bytes(), &sig).is_some());
         assert!(verify_static_key(&id.verifying_key(), "beta", key.as_bytes(), &sig).is_none());
-        assert!(
-            verify_static_key(&other.verifying_key(), "alpha", key.as_bytes(), &sig).is_none()
-        );
+        assert!(verify_static_key(&other.verifying_key(), "alpha", key.as_bytes(), &sig).is_none());
         assert!(verify_static_key(&id.verifying_key(), "alpha", &[0u8; 31], &sig).is_none());
     }
 

@@ -378,7 +378,11 @@ impl Responder {
         let re = public_key(take(&mut rest, DH_LEN)?)?;
         self.sym.mix_hash(re.as_bytes());
         self.sym.mix_key(dh(&self.s.secret, &re)?.as_ref());
-        let rs = public_key(&self.sym.decrypt_and_hash(take(&mut rest, DH_LEN + TAG_LEN)?)?)?;
+        let rs = public_key(
+            &self
+                .sym
+                .decrypt_and_hash(take(&mut rest, DH_LEN + TAG_LEN)?)?,
+        )?;
         self.sym.mix_key(dh(&self.s.secret, &rs)?.as_ref());
         let payload = self.sym.decrypt_and_hash(rest)?;
         self.re = Some(re);
@@ -451,7 +455,10 @@ mod tests {
 
     #[test]
     fn prologue_mismatch_fails_the_handshake() {
-        assert_eq!(handshake(b"lease-a", b"lease-b").unwrap_err(), NoiseError::Decrypt);
+        assert_eq!(
+            handshake(b"lease-a", b"lease-b").unwrap_err(),
+            NoiseError::Decrypt
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! handshake, transport messages both ways, and rekeying.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use postern_sdk::noise::{Initiator, Responder, StaticKeypair, Split, TAG_LEN};
+use postern_sdk::noise::{Initiator, Responder, Split, StaticKeypair, TAG_LEN};
 
 const PATTERN: &str = "Noise_IK_25519_ChaChaPoly_SHA256";
 const PROLOGUE: &[u8] = b"postern/1\0interop";
@@ -27,7 +27,8 @@ fn our_initiator_with_snow_responder() {
     let theirs = snow::Builder::new(PATTERN.parse().unwrap())
         .generate_keypair()
         .unwrap();
-    let their_public = x25519_dalek::PublicKey::from(<[u8; 32]>::try_from(&theirs.public[..]).unwrap());
+    let their_public =
+        x25519_dalek::PublicKey::from(<[u8; 32]>::try_from(&theirs.public[..]).unwrap());
 
     let mut responder = snow::Builder::new(PATTERN.parse().unwrap())
         .local_private_key(&theirs.private)
@@ -40,7 +41,10 @@ fn our_initiator_with_snow_responder() {
     let mut buf = vec![0u8; 65535];
     let n = responder.read_message(&m1, &mut buf).unwrap();
     assert_eq!(&buf[..n], b"from postern");
-    assert_eq!(responder.get_remote_static().unwrap(), ours.public().as_bytes());
+    assert_eq!(
+        responder.get_remote_static().unwrap(),
+        ours.public().as_bytes()
+    );
 
     let n = responder.write_message(b"from snow", &mut buf).unwrap();
     let (payload, mut split) = initiator.read_message(&buf[..n]).unwrap();
@@ -109,7 +113,8 @@ fn snow_refuses_our_handshake_under_a_different_prologue() {
     let theirs = snow::Builder::new(PATTERN.parse().unwrap())
         .generate_keypair()
         .unwrap();
-    let their_public = x25519_dalek::PublicKey::from(<[u8; 32]>::try_from(&theirs.public[..]).unwrap());
+    let their_public =
+        x25519_dalek::PublicKey::from(<[u8; 32]>::try_from(&theirs.public[..]).unwrap());
     let mut responder = snow::Builder::new(PATTERN.parse().unwrap())
         .local_private_key(&theirs.private)
         .prologue(b"postern/1\0other-lease")
