@@ -6,11 +6,15 @@
 //! the end-to-end encryption the relay cannot see through; [`listener`] and [`dialer`] are the
 //! public API built from them.
 
+pub mod backoff;
+pub mod dialer;
 pub mod e2ee;
+pub mod expose;
 pub mod frame;
 pub mod grant;
 pub mod identity;
 pub mod lease_name;
+pub mod listener;
 pub mod mux;
 pub mod noise;
 pub mod protocol;
@@ -18,3 +22,8 @@ pub mod record;
 pub mod relay_client;
 pub mod tls;
 pub mod websocket;
+
+pub use dialer::{DialError, Dialer, DialerConfig, LeaseTarget};
+pub use identity::Identity;
+pub use listener::{LeaseSpec, Listener, ListenerConfig, ListenerStatus, PeerInfo, PosternStream};
+pub use relay_client::{ClientOptions, RelayUrl};

@@ -1,0 +1,285 @@
+//! `postern expose`: forward each decrypted stream of a [`Listener`] to a local service.
+//!
+//! * `http://host:port` — every stream is served as HTTP/1.1 or HTTP/2 (whatever the dialer
+//!   speaks) and each request is forwarded with a pooled hyper client over TCP_NODELAY
+//!   sockets. `Host` is rewritten to the local target by default (local dev servers often
+//!   reject foreign hosts). Bodies stream both ways without buffering; `Upgrade` requests
+//!   (WebSocket) are spliced after the `101`.
+//! * `tcp://host:port` — bytes are copied both ways, nothing is interpreted.
+//!
+//! The origin's failures become `502`; nothing here panics on what a dialer sends.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::listener::{Listener, PosternStream};
+
+/// What `expose` forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An HTTP origin, `host:port`.
+    Http { authority: String, keep_host: bool },
+    /// A raw TCP service, `host:port`.
+    Tcp { addr: String },
+}
+
+/// A target URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("target {0:?}: expected http://host:port or tcp://host:port")]
+pub struct TargetError(String);
+
+impl Target {
+    pub fn parse(url: &str, keep_host: bool) -> Result<Self, TargetError> {
+        let bad = || TargetError(url.to_owned());
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains('/') || !authority.contains(':') {
+            return Err(bad());
+        }
+        authority
+            .parse::<http::uri::Authority>()
+            .map_err(|_| bad())?;
+        match scheme {
+            "http" => Ok(Self::Http {
+                authority: authority.to_owned(),
+                keep_host,
+            }),
+            "tcp" => Ok(Self::Tcp {
+                addr: authority.to_owned(),
+            }),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http { authority, .. } => write!(f, "http://{authority}"),
+            Self::Tcp { addr } => write!(f, "tcp://{addr}"),
+        }
+    }
+}
+
+/// Forwarding limits.
+#[derive(Debug, Clone)]
+pub struct ExposeOptions {
+    /// How long the origin may take to answer with response headers.
+    pub response_header_timeout: Duration,
+    /// How long a dialer may take to send request headers.
+    pub request_header_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_header_bytes: usize,
+}
+
+impl Default for ExposeOptions {
+    fn default() -> Self {
+        Self {
+            response_header_timeout: Duration::from_secs(120),
+            request_header_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            max_header_bytes: 64 * 1024,
+        }
+    }
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+struct HttpForwarder {
+    client: Client<HttpConnector, Incoming>,
+    authority: String,
+    host: HeaderValue,
+    keep_host: bool,
+    opts: ExposeOptions,
+}
+
+/// Accepts streams from `listener` forever, forwarding each to `target`.
+pub async fn serve(
+    mut listener: Listener,
+    target: Target,
+    opts: ExposeOptions,
+) -> std::io::Result<()> {
+    let http = match &target {
+        Target::Http {
+            authority,
+            keep_host,
+        } => {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            connector.set_connect_timeout(Some(opts.connect_timeout));
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(256)
+                .pool_timer(TokioTimer::new())
+                .build(connector);
+            let host = HeaderValue::from_str(authority)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            Some(Arc::new(HttpForwarder {
+                client,
+                authority: authority.clone(),
+                host,
+                keep_host: *keep_host,
+                opts: opts.clone(),
+            }))
+        }
+        Target::Tcp { .. } => None,
+    };
+    loop {
+        let (stream, _peer) = listener.accept().await?;
+        match (&http, &target) {
+            (Some(fwd), _) => {
+                tokio::spawn(serve_http(Arc::clone(fwd), stream));
+            }
+            (None, Target::Tcp { addr }) => {
+                tokio::spawn(forward_tcp(stream, addr.clone(), opts.connect_timeout));
+            }
+            (None, Target::Http { .. }) => {}
+        }
+    }
+}
+
+async fn forward_tcp(mut stream: PosternStream, addr: String, connect_timeout: Duration) {
+    let origin = match tokio::time::timeout(connect_timeout, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return tracing::warn!(%addr, error = %e, "origin unreachable"),
+        Err(_) => return tracing::warn!(%addr, "origin connect timed out"),
+    };
+    let _ = origin.set_nodelay(true);
+    let mut origin = origin;
+    let _ = tokio::io::copy_bidirectional(&mut stream, &mut origin).await;
+}
+
+async fn serve_http(fwd: Arc<HttpForwarder>, stream: PosternStream) {
+    let service = {
+        let fwd = Arc::clone(&fwd);
+        hyper::service::service_fn(move |req| {
+            let fwd = Arc::clone(&fwd);
+            async move { Ok::<_, Infallible>(forward(&fwd, req).await) }
+        })
+    };
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(fwd.opts.request_header_timeout)
+        .max_buf_size(fwd.opts.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(fwd.opts.max_header_bytes as u32);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(error = %e, "dialer http connection ended with an error");
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+    let body = format!(
+        "{{\"type\":\"https://postern.dev/problems/origin\",\"title\":\"{}\",\"status\":{},\"detail\":\"{detail}\"}}",
+        status.canonical_reason().unwrap_or(""),
+        status.as_u16()
+    );
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Body> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Ok(uri) = format!("http://{}{path}", fwd.authority).parse::<Uri>() else {
+        return problem(StatusCode::BAD_REQUEST, "request target");
+    };
+    // An HTTP/2 request carries its host in the URI; keep it as a Host header for HTTP/1.1.
+    let original_host = req
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    if !fwd.keep_host {
+        req.headers_mut().insert(header::HOST, fwd.host.clone());
+    } else if !req.headers().contains_key(header::HOST) {
+        if let Some(h) = original_host {
+            req.headers_mut().insert(header::HOST, h);
+        }
+    }
+    let upgrade = req
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut req));
+    let mut resp =
+        match tokio::time::timeout(fwd.opts.response_header_timeout, fwd.client.request(req)).await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, origin = %fwd.authority, "origin request failed");
+                return problem(StatusCode::BAD_GATEWAY, "origin unreachable");
+            }
+            Err(_) => return problem(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
+        };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(downstream) = upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((d, u)) => {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(d),
+                            &mut TokioIo::new(u),
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+    }
+    resp.map(|b| b.boxed())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_targets() {
+        assert_eq!(
+            Target::parse("http://127.0.0.1:3000", false).unwrap(),
+            Target::Http {
+                authority: "127.0.0.1:3000".into(),
+                keep_host: false
+            }
+        );
+        assert_eq!(
+            Target::parse("tcp://localhost:22/", false).unwrap(),
+            Target::Tcp {
+                addr: "localhost:22".into()
+            }
+        );
+        assert!(Target::parse("https://x:1", false).is_err());
+        assert!(Target::parse("http://x:1/path", false).is_err());
+        assert!(Target::parse("http://x", false).is_err());
+        assert!(Target::parse("127.0.0.1:80", false).is_err());
+    }
+}
