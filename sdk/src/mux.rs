@@ -5,11 +5,16 @@
 //! channel and hands inbound streams to a bounded queue. When that queue is full an inbound
 //! stream is reset at once (the peer sees a closed stream) instead of stalling every other
 //! stream of the session. Streams are exposed as tokio `AsyncRead + AsyncWrite`.
+//!
+//! yamux reports a dead session to its streams as a plain end of stream. That would let a
+//! tampered or truncated E2EE session look like a clean close, so the transport is watched: the
+//! first transport error is recorded *before* yamux sees it, and a stream that then reads end
+//! of stream gets that error instead.
 
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -21,7 +26,11 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     _slot: Option<OwnedSemaphorePermit>,
+    failure: Failure,
 }
+
+/// The first transport error of a session, shared with its streams.
+type Failure = Arc<OnceLock<String>>;
 
 impl std::fmt::Debug for MuxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +44,63 @@ impl AsyncRead for MuxStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
+        if result.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+            if let Some(why) = self.failure.get() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("session failed: {why}"),
+                )));
+            }
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Records the first read or write error of the transport under a session.
+struct Watched<T> {
+    io: T,
+    failure: Failure,
+}
+
+impl<T> Watched<T> {
+    fn note<R>(&self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+        if let Poll::Ready(Err(e)) = &r {
+            let _ = self.failure.set(e.to_string());
+        }
+        r
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.note(r)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -124,6 +189,7 @@ pub struct MuxHandle {
     closed: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
     max_streams: usize,
+    failure: Failure,
 }
 
 impl std::fmt::Debug for MuxHandle {
@@ -137,6 +203,7 @@ impl std::fmt::Debug for MuxHandle {
 /// Inbound streams of a session. Dropping it makes every later inbound stream be reset.
 pub struct MuxInbound {
     rx: mpsc::Receiver<yamux::Stream>,
+    failure: Failure,
 }
 
 impl std::fmt::Debug for MuxInbound {
@@ -151,6 +218,7 @@ impl MuxInbound {
         self.rx.recv().await.map(|s| MuxStream {
             inner: s.compat(),
             _slot: None,
+            failure: Arc::clone(&self.failure),
         })
     }
 }
@@ -167,6 +235,7 @@ impl MuxHandle {
         Ok(MuxStream {
             inner: stream.compat(),
             _slot: Some(slot),
+            failure: Arc::clone(&self.failure),
         })
     }
 
@@ -197,7 +266,12 @@ where
         Side::Client => yamux::Mode::Client,
         Side::Server => yamux::Mode::Server,
     };
-    let conn = yamux::Connection::new(io.compat(), cfg.yamux(), mode);
+    let failure = Failure::default();
+    let watched = Watched {
+        io,
+        failure: Arc::clone(&failure),
+    };
+    let conn = yamux::Connection::new(watched.compat(), cfg.yamux(), mode);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.max_pending_accepts.max(1));
     let (closed_tx, closed_rx) = watch::channel(false);
@@ -211,8 +285,12 @@ where
             closed: closed_rx,
             slots: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
             max_streams: cfg.max_streams.max(1),
+            failure: Arc::clone(&failure),
         },
-        MuxInbound { rx: inbound_rx },
+        MuxInbound {
+            rx: inbound_rx,
+            failure,
+        },
     )
 }
 
