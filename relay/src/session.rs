@@ -62,6 +62,7 @@ where
             max_streams: limits.max_streams_per_session,
             max_pending_accepts: limits.max_pending_connects.min(1024),
             read_after_close: true,
+            ..MuxConfig::default()
         },
     );
     let hello_timeout = state.config.timeouts.hello;

@@ -244,6 +244,7 @@ impl Dialer {
                 max_streams: cfg.max_inner_streams,
                 max_pending_accepts: 1,
                 read_after_close: false,
+                ..MuxConfig::default()
             },
         );
         tracing::debug!(lease = %name, "e2ee session established");

@@ -29,6 +29,10 @@ pub enum FrameError {
 /// Encodes `msg` with its length prefix, refusing messages over `max` bytes.
 pub fn encode_frame<M: Message>(msg: &M, max: usize) -> Result<BytesMut, FrameError> {
     let len = msg.encoded_len();
+    // An empty body would be refused by every decoder (see `check_len`): refuse it here too.
+    if len == 0 {
+        return Err(FrameError::Empty);
+    }
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
@@ -156,6 +160,14 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FrameError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn encode_refuses_what_decode_would_refuse() {
+        assert!(matches!(
+            encode_frame(&ClientFrame { msg: None }, 50),
+            Err(FrameError::Empty)
+        ));
     }
 
     #[test]

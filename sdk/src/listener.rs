@@ -411,6 +411,7 @@ async fn serve_dialer(shared: &Shared, mut stream: MuxStream) -> Result<(), Dial
             max_streams: cfg.max_inner_streams,
             max_pending_accepts: cfg.max_pending_accepts,
             read_after_close: false,
+            ..MuxConfig::default()
         },
     );
     let peer = PeerInfo {

@@ -58,6 +58,16 @@ impl AsyncRead for MuxStream {
     }
 }
 
+/// Sends an empty data frame on a fresh stream. yamux sends nothing for a new stream until
+/// its first write — so a dialer waiting for a server that speaks first would wait forever —
+/// and the accepting side acknowledges only with its first frame, while an opener may have at
+/// most 256 unacknowledged streams. An empty write carries the SYN (opener) or ACK (acceptor)
+/// flag at once.
+async fn announce(stream: &mut yamux::Stream) -> io::Result<()> {
+    poll_fn(|cx| futures::AsyncWrite::poll_write(Pin::new(&mut *stream), cx, &[])).await?;
+    poll_fn(|cx| futures::AsyncWrite::poll_flush(Pin::new(&mut *stream), cx)).await
+}
+
 /// Records the first read or write error of the transport under a session.
 struct Watched<T> {
     io: T,
@@ -139,7 +149,14 @@ pub struct MuxConfig {
     /// Whether buffered data may still be read after the session ends. Off for sessions whose
     /// end must never look like a clean end of stream (inside the E2EE channel).
     pub read_after_close: bool,
+    /// Receive-window room shared by the streams of the session beyond yamux's fixed 256 KiB
+    /// per stream: what lets one busy stream grow its window past 256 KiB to cover the
+    /// bandwidth-delay product, and the bound on how much a session buffers beyond the base.
+    pub window_headroom: usize,
 }
+
+/// Default [`MuxConfig::window_headroom`]: 8 MiB covers ~650 Mbit/s at 100 ms RTT per session.
+pub const DEFAULT_WINDOW_HEADROOM: usize = 8 * 1024 * 1024;
 
 impl Default for MuxConfig {
     fn default() -> Self {
@@ -147,6 +164,7 @@ impl Default for MuxConfig {
             max_streams: 1024,
             max_pending_accepts: 256,
             read_after_close: true,
+            window_headroom: DEFAULT_WINDOW_HEADROOM,
         }
     }
 }
@@ -159,9 +177,11 @@ impl MuxConfig {
         // both directions plus streams dropped but not yet reaped by its task.
         let yamux_streams = self.max_streams.max(1) * 2 + 16;
         // yamux requires the connection window to hold 256 KiB per stream; stream windows are
-        // auto-tuned up to it, which keeps one busy stream from being capped at window/RTT.
-        let window = yamux_streams * 256 * 1024;
-        cfg.set_max_connection_receive_window(Some(window.max(1 << 30)));
+        // auto-tuned (doubling while the reader keeps up within two RTTs) into the headroom
+        // above that, which keeps one busy stream from being capped at 256 KiB/RTT.
+        let window = yamux_streams * 256 * 1024 + self.window_headroom;
+        // Window first: each setter asserts the pair is consistent with the other's value.
+        cfg.set_max_connection_receive_window(Some(window));
         cfg.set_max_num_streams(yamux_streams);
         cfg.set_read_after_close(self.read_after_close);
         cfg.set_split_send_size(16 * 1024);
@@ -215,11 +235,17 @@ impl std::fmt::Debug for MuxInbound {
 impl MuxInbound {
     /// Next stream the peer opened; `None` once the session is over.
     pub async fn accept(&mut self) -> Option<MuxStream> {
-        self.rx.recv().await.map(|s| MuxStream {
-            inner: s.compat(),
-            _slot: None,
-            failure: Arc::clone(&self.failure),
-        })
+        loop {
+            let mut stream = self.rx.recv().await?;
+            // A stream the peer already reset is skipped.
+            if announce(&mut stream).await.is_ok() {
+                return Some(MuxStream {
+                    inner: stream.compat(),
+                    _slot: None,
+                    failure: Arc::clone(&self.failure),
+                });
+            }
+        }
     }
 }
 
@@ -231,7 +257,8 @@ impl MuxHandle {
             .map_err(|_| MuxError::TooManyStreams(self.max_streams))?;
         let (tx, rx) = oneshot::channel();
         self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
-        let stream = rx.await.map_err(|_| MuxError::Closed)??;
+        let mut stream = rx.await.map_err(|_| MuxError::Closed)??;
+        announce(&mut stream).await.map_err(|_| MuxError::Closed)?;
         Ok(MuxStream {
             inner: stream.compat(),
             _slot: Some(slot),

@@ -239,6 +239,15 @@ where
     sender
 }
 
+/// Sends a request once the connection is ready for it (HTTP/1.1 keep-alive).
+pub async fn send(
+    client: &mut hyper::client::conn::http1::SendRequest<Body>,
+    req: Request<Body>,
+) -> Response<Incoming> {
+    client.ready().await.expect("connection ready");
+    client.send_request(req).await.expect("response")
+}
+
 /// A GET request for `path`.
 pub fn get(path: &str) -> Request<Body> {
     Request::get(path)
