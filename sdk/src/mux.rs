@@ -26,11 +26,49 @@ use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompat
 pub struct MuxStream {
     inner: Compat<yamux::Stream>,
     _slot: Option<OwnedSemaphorePermit>,
-    failure: Failure,
+    session: Arc<SessionShared>,
 }
 
-/// The first transport error of a session, shared with its streams.
-type Failure = Arc<OnceLock<String>>;
+/// What a session's driver and its streams share.
+#[derive(Default)]
+struct SessionShared {
+    /// The first transport error of the session.
+    failure: OnceLock<String>,
+    /// Streams handed out and not yet dropped: a session with live streams stays up even
+    /// when every handle is gone.
+    live: std::sync::atomic::AtomicUsize,
+    driver: futures::task::AtomicWaker,
+}
+
+impl MuxStream {
+    fn new(
+        stream: yamux::Stream,
+        slot: Option<OwnedSemaphorePermit>,
+        session: &Arc<SessionShared>,
+    ) -> Self {
+        session
+            .live
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self {
+            inner: stream.compat(),
+            _slot: slot,
+            session: Arc::clone(session),
+        }
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        if self
+            .session
+            .live
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.session.driver.wake();
+        }
+    }
+}
 
 impl std::fmt::Debug for MuxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +85,7 @@ impl AsyncRead for MuxStream {
         let before = buf.filled().len();
         let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
         if result.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
-            if let Some(why) = self.failure.get() {
+            if let Some(why) = self.session.failure.get() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     format!("session failed: {why}"),
@@ -71,13 +109,13 @@ async fn announce(stream: &mut yamux::Stream) -> io::Result<()> {
 /// Records the first read or write error of the transport under a session.
 struct Watched<T> {
     io: T,
-    failure: Failure,
+    session: Arc<SessionShared>,
 }
 
 impl<T> Watched<T> {
     fn note<R>(&self, r: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
         if let Poll::Ready(Err(e)) = &r {
-            let _ = self.failure.set(e.to_string());
+            let _ = self.session.failure.set(e.to_string());
         }
         r
     }
@@ -209,7 +247,7 @@ pub struct MuxHandle {
     closed: watch::Receiver<bool>,
     slots: Arc<Semaphore>,
     max_streams: usize,
-    failure: Failure,
+    session: Arc<SessionShared>,
 }
 
 impl std::fmt::Debug for MuxHandle {
@@ -223,7 +261,7 @@ impl std::fmt::Debug for MuxHandle {
 /// Inbound streams of a session. Dropping it makes every later inbound stream be reset.
 pub struct MuxInbound {
     rx: mpsc::Receiver<yamux::Stream>,
-    failure: Failure,
+    session: Arc<SessionShared>,
 }
 
 impl std::fmt::Debug for MuxInbound {
@@ -239,11 +277,7 @@ impl MuxInbound {
             let mut stream = self.rx.recv().await?;
             // A stream the peer already reset is skipped.
             if announce(&mut stream).await.is_ok() {
-                return Some(MuxStream {
-                    inner: stream.compat(),
-                    _slot: None,
-                    failure: Arc::clone(&self.failure),
-                });
+                return Some(MuxStream::new(stream, None, &self.session));
             }
         }
     }
@@ -259,11 +293,7 @@ impl MuxHandle {
         self.open_tx.send(tx).await.map_err(|_| MuxError::Closed)?;
         let mut stream = rx.await.map_err(|_| MuxError::Closed)??;
         announce(&mut stream).await.map_err(|_| MuxError::Closed)?;
-        Ok(MuxStream {
-            inner: stream.compat(),
-            _slot: Some(slot),
-            failure: Arc::clone(&self.failure),
-        })
+        Ok(MuxStream::new(stream, Some(slot), &self.session))
     }
 
     /// Outbound streams currently open through this handle's session.
@@ -293,17 +323,18 @@ where
         Side::Client => yamux::Mode::Client,
         Side::Server => yamux::Mode::Server,
     };
-    let failure = Failure::default();
+    let session = Arc::new(SessionShared::default());
     let watched = Watched {
         io,
-        failure: Arc::clone(&failure),
+        session: Arc::clone(&session),
     };
     let conn = yamux::Connection::new(watched.compat(), cfg.yamux(), mode);
     let (open_tx, open_rx) = mpsc::channel(64);
     let (inbound_tx, inbound_rx) = mpsc::channel(cfg.max_pending_accepts.max(1));
     let (closed_tx, closed_rx) = watch::channel(false);
+    let driver_session = Arc::clone(&session);
     tokio::spawn(async move {
-        drive(conn, open_rx, inbound_tx).await;
+        drive(conn, open_rx, inbound_tx, &driver_session).await;
         let _ = closed_tx.send(true);
     });
     (
@@ -312,11 +343,11 @@ where
             closed: closed_rx,
             slots: Arc::new(Semaphore::new(cfg.max_streams.max(1))),
             max_streams: cfg.max_streams.max(1),
-            failure: Arc::clone(&failure),
+            session: Arc::clone(&session),
         },
         MuxInbound {
             rx: inbound_rx,
-            failure,
+            session,
         },
     )
 }
@@ -325,6 +356,7 @@ async fn drive<T>(
     mut conn: yamux::Connection<T>,
     mut open_rx: mpsc::Receiver<OpenReply>,
     inbound_tx: mpsc::Sender<yamux::Stream>,
+    session: &SessionShared,
 ) where
     T: futures::AsyncRead + futures::AsyncWrite + Unpin,
 {
@@ -372,8 +404,12 @@ async fn drive<T>(
                 Poll::Pending => break,
             }
         }
+        // Nobody can open or accept any more: close once the last stream is gone.
         if opens_done && inbound_tx.is_closed() && pending_open.is_none() {
-            return Poll::Ready(Ok(()));
+            session.driver.register(cx.waker());
+            if session.live.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return Poll::Ready(Ok(()));
+            }
         }
         Poll::Pending
     })
