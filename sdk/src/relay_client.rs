@@ -33,7 +33,7 @@ pub enum ClientError {
     #[error("connecting to the relay: {0}")]
     Io(#[from] std::io::Error),
     #[error("websocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
     #[error("tls: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error("control frame: {0}")]
@@ -50,6 +50,12 @@ pub enum ClientError {
     Timeout(&'static str),
     #[error("session: {0}")]
     Mux(#[from] mux::MuxError),
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(e: tokio_tungstenite::tungstenite::Error) -> Self {
+        Self::WebSocket(Box::new(e))
+    }
 }
 
 /// A relay address parsed from `ws://` / `wss://` URLs.
