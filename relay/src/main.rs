@@ -11,8 +11,23 @@ use postern_relay::Relay;
 #[command(version)]
 struct Args {
     /// Path to the relay's TOML config (see config/examples/relay.toml).
-    #[arg(long, short, env = "POSTERN_RELAY_CONFIG")]
-    config: PathBuf,
+    #[arg(
+        long,
+        short,
+        env = "POSTERN_RELAY_CONFIG",
+        required_unless_present = "dev"
+    )]
+    config: Option<PathBuf>,
+    /// Development mode: a control-plane key, an agent key and its grants are created in
+    /// `--data-dir`, and the relay listens on 127.0.0.1:7000 (or `--listen`).
+    #[arg(long, conflicts_with = "config")]
+    dev: bool,
+    /// Data directory for `--dev`.
+    #[arg(long, default_value = "postern-data")]
+    data_dir: PathBuf,
+    /// Listen address for `--dev`.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: std::net::SocketAddr,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
@@ -31,7 +46,10 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).init();
     }
-    let config = postern_config::load_relay(&args.config)?;
+    let config = match &args.config {
+        Some(path) => postern_config::load_relay(path)?,
+        None => dev::prepare(&args.data_dir, args.listen)?,
+    };
     let relay = Relay::bind(config).await.context("starting the relay")?;
     let handle = relay.handle()?;
     tracing::info!(addr = %handle.local_addr(), "relay listening");
@@ -43,6 +61,62 @@ async fn main() -> anyhow::Result<()> {
     });
     relay.run().await;
     Ok(())
+}
+
+mod dev {
+    //! `--dev`: everything a first run needs, generated into a data directory.
+
+    use std::path::Path;
+
+    use anyhow::Context;
+    use postern_config::RelayConfig;
+    use postern_sdk::grant::{self, unix_now};
+    use postern_sdk::protocol::{permission, LeaseGrant};
+    use postern_sdk::Identity;
+
+    fn load_or_create(path: &Path) -> anyhow::Result<Identity> {
+        if path.exists() {
+            return Ok(Identity::load(path)?);
+        }
+        let id = Identity::generate();
+        id.save(path)?;
+        Ok(id)
+    }
+
+    pub fn prepare(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<RelayConfig> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let control_plane = load_or_create(&dir.join("control-plane.key"))?;
+        let agent_key = dir.join("agent.key");
+        let agent = load_or_create(&agent_key)?;
+        let grants = dir.join("agent.grants");
+        let now = unix_now();
+        let signed = grant::mint(
+            &control_plane,
+            &LeaseGrant {
+                workspace: "dev".into(),
+                lease_pattern: "*".into(),
+                identity_key: agent.verifying_key().to_bytes().to_vec(),
+                issued_at_unix: now,
+                expires_at_unix: now + 30 * 24 * 3600,
+                permissions: permission::LISTEN | permission::DIAL,
+            },
+        );
+        std::fs::write(&grants, grant::to_file_text(&[signed]))?;
+        let mut config = RelayConfig::with_control_plane_keys(vec![control_plane.public_base64()]);
+        config.listen.addr = listen;
+        println!(
+            "postern-relay (dev): control-plane key and agent grant in {}",
+            dir.display()
+        );
+        println!("expose a local HTTP service on this relay with:");
+        println!(
+            "  cargo run --release -p postern-sdk --bin postern -- expose http://127.0.0.1:3000 \\
+      --lease demo --relay ws://{listen} --grant {} --key {}",
+            grants.display(),
+            agent_key.display()
+        );
+        Ok(config)
+    }
 }
 
 async fn wait_for_signal() {
