@@ -9,6 +9,7 @@
 //!
 //! The origin's failures become `502`; nothing here panics on what a dialer sends.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,47 +104,76 @@ struct HttpForwarder {
     opts: ExposeOptions,
 }
 
+/// Where each stream goes, by its lease.
+enum Route {
+    Http(Arc<HttpForwarder>),
+    Tcp(String),
+}
+
+impl Route {
+    fn new(
+        target: &Target,
+        client: &Client<HttpConnector, Incoming>,
+        opts: &ExposeOptions,
+    ) -> std::io::Result<Self> {
+        Ok(match target {
+            Target::Http {
+                authority,
+                keep_host,
+            } => {
+                let host = HeaderValue::from_str(authority)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                Route::Http(Arc::new(HttpForwarder {
+                    client: client.clone(),
+                    authority: authority.clone(),
+                    host,
+                    keep_host: *keep_host,
+                    opts: opts.clone(),
+                }))
+            }
+            Target::Tcp { addr } => Route::Tcp(addr.clone()),
+        })
+    }
+}
+
 /// Accepts streams from `listener` forever, forwarding each to `target`.
-pub async fn serve(
+pub async fn serve(listener: Listener, target: Target, opts: ExposeOptions) -> std::io::Result<()> {
+    serve_leases(listener, HashMap::new(), Some(target), opts).await
+}
+
+/// Accepts streams from `listener` forever, forwarding each to the target of its lease (or to
+/// `default` for a lease without one). Streams for a lease with no target are closed.
+pub async fn serve_leases(
     mut listener: Listener,
-    target: Target,
+    targets: HashMap<String, Target>,
+    default: Option<Target>,
     opts: ExposeOptions,
 ) -> std::io::Result<()> {
-    let http = match &target {
-        Target::Http {
-            authority,
-            keep_host,
-        } => {
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            connector.set_connect_timeout(Some(opts.connect_timeout));
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256)
-                .pool_timer(TokioTimer::new())
-                .build(connector);
-            let host = HeaderValue::from_str(authority)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            Some(Arc::new(HttpForwarder {
-                client,
-                authority: authority.clone(),
-                host,
-                keep_host: *keep_host,
-                opts: opts.clone(),
-            }))
-        }
-        Target::Tcp { .. } => None,
-    };
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(opts.connect_timeout));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .build(connector);
+    let routes = targets
+        .iter()
+        .map(|(lease, t)| Ok((lease.clone(), Route::new(t, &client, &opts)?)))
+        .collect::<std::io::Result<HashMap<_, _>>>()?;
+    let default = default
+        .map(|t| Route::new(&t, &client, &opts))
+        .transpose()?;
     loop {
-        let (stream, _peer) = listener.accept().await?;
-        match (&http, &target) {
-            (Some(fwd), _) => {
+        let (stream, peer) = listener.accept().await?;
+        match routes.get(&peer.lease).or(default.as_ref()) {
+            Some(Route::Http(fwd)) => {
                 tokio::spawn(serve_http(Arc::clone(fwd), stream));
             }
-            (None, Target::Tcp { addr }) => {
+            Some(Route::Tcp(addr)) => {
                 tokio::spawn(forward_tcp(stream, addr.clone(), opts.connect_timeout));
             }
-            (None, Target::Http { .. }) => {}
+            None => tracing::warn!(lease = %peer.lease, "no target for lease; stream closed"),
         }
     }
 }

@@ -208,3 +208,97 @@ async fn binaries_expose_a_service_and_survive_a_relay_restart() {
     }
     panic!("lease not reachable after the relay restart: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_config_holds_several_leases_with_their_own_targets() {
+    let net = TestNet::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let agent_key = dir.path().join("agent.key");
+    let owner = Identity::generate();
+    owner.save(&agent_key).unwrap();
+    let grants = dir.path().join("agent.grants");
+    std::fs::write(
+        &grants,
+        postern_sdk::grant::to_file_text(&[net.grant(
+            &owner,
+            "*",
+            permission::LISTEN,
+            Duration::from_secs(600),
+        )]),
+    )
+    .unwrap();
+    let web = spawn_origin().await;
+    // A raw TCP echo for the second lease.
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = echo.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"relays = ["ws://{relay}"]
+identity_key_file = "{key}"
+grant_file = "{grants}"
+
+[[lease]]
+name = "web"
+target = "http://{web}"
+
+[[lease]]
+name = "echo"
+target = "tcp://{echo_addr}"
+"#,
+            relay = net.relay_addr,
+            key = agent_key.display(),
+            grants = grants.display(),
+        ),
+    )
+    .unwrap();
+    let agent = Proc::spawn(
+        Command::new(bin("postern"))
+            .arg("agent")
+            .arg("--config")
+            .arg(&config),
+    );
+    let line = agent.wait_for("online");
+    assert!(line.contains("web") && line.contains("echo"), "{line}");
+
+    let dialer = net.dialer();
+    let mut client = http1_client(dialer.dial(&target("web", &owner)).await.unwrap()).await;
+    let resp = send(&mut client, get("/hello")).await;
+    assert_eq!(body_bytes(resp).await, "hello from origin");
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = dialer.dial(&target("echo", &owner)).await.unwrap();
+    s.write_all(b"raw bytes").await.unwrap();
+    let mut buf = [0u8; 9];
+    s.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"raw bytes");
+}
+
+#[tokio::test]
+async fn invalid_agent_config_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        "relays = [\"ws://127.0.0.1:1\"]\nidentity_key_file = \"k\"\ngrant_file = \"g\"\n\n[[lease]]\nname = \"has space\"\ntarget = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(bin("postern"))
+        .arg("agent")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("lease[0].name"), "{err}");
+}

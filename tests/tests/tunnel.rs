@@ -168,3 +168,58 @@ async fn thousand_concurrent_streams_on_one_session() {
     assert_eq!(alive.len(), N);
     assert_eq!(dialer.handshakes(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_over_wss_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert_path = dir.path().join("relay.crt");
+    let key_path = dir.path().join("relay.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let net = TestNet::start_with(|c| {
+        c.listen.tls = Some(postern_config::TlsFiles {
+            cert: cert_path.clone(),
+            key: key_path.clone(),
+        })
+    })
+    .await;
+    let tls = postern_sdk::tls::client_config(&postern_sdk::tls::load_certs(&cert_path).unwrap())
+        .unwrap();
+    let url = postern_sdk::RelayUrl::parse(&format!("wss://127.0.0.1:{}", net.relay_addr.port()))
+        .unwrap();
+
+    let owner = postern_sdk::Identity::generate();
+    let mut cfg = net.listener_config(&owner, "secure");
+    cfg.relays = vec![url.clone()];
+    cfg.client.tls = Some(tls.clone());
+    let listener = postern_sdk::Listener::bind(cfg).await.unwrap();
+    let origin = spawn_origin().await;
+    tokio::spawn(postern_sdk::expose::serve(
+        listener,
+        postern_sdk::expose::Target::parse(&format!("http://{origin}"), false).unwrap(),
+        Default::default(),
+    ));
+
+    let me = postern_sdk::Identity::generate();
+    let grants = vec![net.grant(
+        &me,
+        "*",
+        postern_sdk::protocol::permission::DIAL,
+        std::time::Duration::from_secs(60),
+    )];
+    let mut dcfg = postern_sdk::DialerConfig::new(url.clone(), me.clone(), grants.clone());
+    dcfg.client.tls = Some(tls);
+    let dialer = postern_sdk::Dialer::new(dcfg);
+    let mut client = http1_client(dialer.dial(&target("secure", &owner)).await.unwrap()).await;
+    assert_eq!(
+        body_bytes(send(&mut client, get("/hello")).await).await,
+        "hello from origin"
+    );
+
+    // Without the private CA the relay's certificate is refused.
+    let untrusting = postern_sdk::Dialer::new(postern_sdk::DialerConfig::new(url, me, grants));
+    assert!(untrusting.dial(&target("secure", &owner)).await.is_err());
+}

@@ -35,6 +35,11 @@ struct Cli {
 enum Command {
     /// Hold a lease on a relay and forward its streams to a local service.
     Expose(ExposeArgs),
+    /// Hold every lease of an agent config file (see config/examples/agent.toml).
+    Agent {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Create a new identity key file (mode 0600).
     Keygen {
         #[arg(long, short)]
@@ -129,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Expose(args) => expose_cmd(args).await,
+        Command::Agent { config } => agent_cmd(&config).await,
         Command::Keygen { out } => {
             let id = Identity::generate();
             id.save(&out)?;
@@ -213,6 +219,80 @@ fn mint_cmd(args: MintArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn agent_cmd(path: &Path) -> anyhow::Result<()> {
+    let cfg = postern_config::load_agent(path)?;
+    let identity = load_or_create_key(&cfg.identity_key_file)?;
+    let grants = grant::load_file(&cfg.grant_file)?;
+    let relays = cfg
+        .relays
+        .iter()
+        .map(|r| RelayUrl::parse(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut targets = std::collections::HashMap::new();
+    let mut leases = Vec::new();
+    for lease in &cfg.leases {
+        let name = postern_sdk::lease_name::normalize(&lease.name)?;
+        targets.insert(name.clone(), Target::parse(&lease.target, lease.keep_host)?);
+        leases.push(LeaseSpec {
+            name,
+            alpn: lease.alpn.clone(),
+            metadata: lease.metadata.clone(),
+            ttl: lease.ttl,
+        });
+    }
+    let mut client = ClientOptions::default();
+    if let Some(ca) = &cfg.ca_file {
+        client.tls = Some(postern_sdk::tls::client_config(
+            &postern_sdk::tls::load_certs(ca)?,
+        )?);
+    }
+    let allowed = cfg.allowed_dialer_bytes();
+    let mut lcfg = ListenerConfig::new(relays[0].clone(), identity, grants, leases[0].clone());
+    lcfg.relays = relays;
+    lcfg.leases = leases;
+    lcfg.client = client;
+    lcfg.allowed_dialers = (!allowed.is_empty()).then(|| allowed.into_iter().collect());
+    lcfg.initial_backoff = cfg.reconnect.initial_backoff;
+    lcfg.max_backoff = cfg.reconnect.max_backoff;
+    lcfg.handshake_timeout = cfg.limits.handshake_timeout;
+    lcfg.max_sessions = cfg.limits.max_e2ee_sessions;
+    lcfg.max_inner_streams = cfg.limits.max_inner_streams;
+    lcfg.max_pending_accepts = cfg.limits.max_pending_accepts;
+    let listener = Listener::bind(lcfg).await.context("registering leases")?;
+    print_status(listener.status());
+    for (lease, target) in &targets {
+        println!("postern: forwarding lease {lease:?} → {target}");
+    }
+    tokio::select! {
+        r = expose::serve_leases(listener, targets, None, ExposeOptions::default()) => r?,
+        _ = tokio::signal::ctrl_c() => eprintln!("postern: stopping"),
+    }
+    Ok(())
+}
+
+fn print_status(mut status: tokio::sync::watch::Receiver<ListenerStatus>) {
+    tokio::spawn(async move {
+        loop {
+            let line = match &*status.borrow_and_update() {
+                ListenerStatus::Online { relay, leases } => {
+                    format!("online: lease {} on {relay}", leases.join(", "))
+                }
+                ListenerStatus::Connecting { relay } => format!("connecting to {relay}…"),
+                ListenerStatus::Retrying {
+                    relay,
+                    error,
+                    retry_in,
+                } => format!("relay {relay}: {error}; retrying in {retry_in:.1?}"),
+                ListenerStatus::Stopped => "stopped".into(),
+            };
+            eprintln!("postern: {line}");
+            if status.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.target, args.keep_host)?;
     let identity = load_or_create_key(&args.key)?;
@@ -251,27 +331,7 @@ async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(cfg)
         .await
         .with_context(|| format!("registering lease {:?}", args.lease))?;
-    let mut status = listener.status();
-    tokio::spawn(async move {
-        loop {
-            let line = match &*status.borrow_and_update() {
-                ListenerStatus::Online { relay, leases } => {
-                    format!("online: lease {} on {relay}", leases.join(", "))
-                }
-                ListenerStatus::Connecting { relay } => format!("connecting to {relay}…"),
-                ListenerStatus::Retrying {
-                    relay,
-                    error,
-                    retry_in,
-                } => format!("relay {relay}: {error}; retrying in {retry_in:.1?}"),
-                ListenerStatus::Stopped => "stopped".into(),
-            };
-            eprintln!("postern: {line}");
-            if status.changed().await.is_err() {
-                return;
-            }
-        }
-    });
+    print_status(listener.status());
     println!(
         "postern: forwarding lease {:?} → {target} (Ctrl-C to stop)",
         args.lease
