@@ -81,38 +81,41 @@ pub(crate) async fn accept_loop(
         tune_socket(&tcp);
         let state2 = Arc::clone(&state);
         let tls = tls.clone();
-        state.tasks.spawn(async move {
-            let _permit = permit;
-            serve_connection(state2, tcp, peer, tls).await;
-        });
+        state.tasks.spawn(serve_connection(state2, tcp, peer, tls, Arc::new(permit)));
     }
 }
+
+/// A connection's slot of `limits.max_sessions`: held by the HTTP connection and, after an
+/// upgrade, by the tunnel session, until both are gone.
+type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
 
 async fn serve_connection(
     state: Arc<RelayState>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
+    slot: Slot,
 ) {
     let hello = state.config.timeouts.hello;
     match tls {
         Some(acceptor) => match tokio::time::timeout(hello, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => serve_http(state, TokioIo::new(stream), peer).await,
+            Ok(Ok(stream)) => serve_http(state, TokioIo::new(stream), peer, slot).await,
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
             Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
         },
-        None => serve_http(state, TokioIo::new(tcp), peer).await,
+        None => serve_http(state, TokioIo::new(tcp), peer, slot).await,
     }
 }
 
-async fn serve_http<I>(state: Arc<RelayState>, io: I, peer: SocketAddr)
+async fn serve_http<I>(state: Arc<RelayState>, io: I, peer: SocketAddr, slot: Slot)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let service_state = Arc::clone(&state);
     let service = hyper::service::service_fn(move |req| {
         let state = Arc::clone(&service_state);
-        async move { Ok::<_, Infallible>(route(state, req, peer)) }
+        let slot = Arc::clone(&slot);
+        async move { Ok::<_, Infallible>(route(state, req, peer, slot)) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -138,10 +141,11 @@ fn route(
     state: Arc<RelayState>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    slot: Slot,
 ) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/healthz" => health(&state),
-        TUNNEL_PATH => upgrade(state, req, peer),
+        TUNNEL_PATH => upgrade(state, req, peer, slot),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -172,6 +176,7 @@ fn upgrade(
     state: Arc<RelayState>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
+    slot: Slot,
 ) -> Response<Full<Bytes>> {
     if state.shutdown.is_cancelled() {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
@@ -192,6 +197,7 @@ fn upgrade(
     let max_ws = state.config.limits.max_ws_message_bytes;
     let state2 = Arc::clone(&state);
     state.tasks.spawn(async move {
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
