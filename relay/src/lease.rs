@@ -35,6 +35,8 @@ pub struct Lease {
     pub alpn: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub expires_at: Instant,
+    /// The TTL granted at registration; each renewal extends the lease by it.
+    pub ttl: Duration,
     /// Latest moment renewals may push `expires_at` to (the grant's expiry).
     pub hard_expiry: Instant,
     /// Spliced streams currently open to this lease.
@@ -180,6 +182,7 @@ impl LeaseTable {
                 alpn: req.alpn,
                 metadata: req.metadata,
                 expires_at,
+                ttl,
                 hard_expiry: req.grant_expiry,
                 streams,
             },
@@ -187,17 +190,13 @@ impl LeaseTable {
         Ok(expires_at)
     }
 
-    /// Extends a lease this session holds.
+    /// Extends a lease this session holds by its registered TTL.
     pub fn renew(
         &self,
         name: &str,
         session: SessionId,
-        ttl: Option<Duration>,
         now: Instant,
     ) -> Result<Instant, LeaseError> {
-        let ttl = ttl
-            .unwrap_or(self.limits.ttl_default)
-            .min(self.limits.ttl_max);
         let mut inner = self.lock();
         let lease = inner
             .leases
@@ -207,7 +206,7 @@ impl LeaseTable {
         if lease.hard_expiry <= now {
             return Err(refuse(ErrorCode::GrantExpired, "grant expired"));
         }
-        lease.expires_at = (now + ttl).min(lease.hard_expiry);
+        lease.expires_at = (now + lease.ttl).min(lease.hard_expiry);
         Ok(lease.expires_at)
     }
 
@@ -371,12 +370,9 @@ mod tests {
         let now = Instant::now();
         t.register(req("a", 1, 1, &h), now).unwrap();
         let later = now + Duration::from_secs(50);
-        let exp = t.renew("a", 1, None, later).unwrap();
+        let exp = t.renew("a", 1, later).unwrap();
         assert_eq!(exp, later + Duration::from_secs(60));
-        assert!(
-            t.renew("a", 9, None, later).is_err(),
-            "only the owner renews"
-        );
+        assert!(t.renew("a", 9, later).is_err(), "only the owner renews");
         assert_eq!(t.sweep(later + Duration::from_secs(61)), 1);
         assert!(t.is_empty());
     }

@@ -81,7 +81,9 @@ pub(crate) async fn accept_loop(
         tune_socket(&tcp);
         let state2 = Arc::clone(&state);
         let tls = tls.clone();
-        state.tasks.spawn(serve_connection(state2, tcp, peer, tls, Arc::new(permit)));
+        state
+            .tasks
+            .spawn(serve_connection(state2, tcp, peer, tls, Arc::new(permit)));
     }
 }
 

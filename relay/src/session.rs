@@ -250,7 +250,6 @@ async fn control_loop(
                 lease_reply(&name, register(&state, &client, &handle, r))
             }
             Some(client_frame::Msg::Renew(r)) => {
-                let ttl = None;
                 let result = lease_name::normalize(&r.name)
                     .map_err(|e| LeaseError {
                         code: ErrorCode::InvalidName,
@@ -259,7 +258,7 @@ async fn control_loop(
                     .and_then(|name| {
                         state
                             .leases
-                            .renew(&name, client.id, ttl, Instant::now())
+                            .renew(&name, client.id, Instant::now())
                             .map(|exp| (name, exp))
                     });
                 match result {

@@ -321,6 +321,32 @@ mod tests {
         assert_eq!(got, b"partial");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        /// Whatever the write sizes and the transport's buffer, bytes arrive intact and in order.
+        #[test]
+        fn any_write_pattern_round_trips(
+            writes in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000), 0..8),
+            cap in 1usize..100_000,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async move {
+                let (mut a, mut b) = pair(cap);
+                let expected: Vec<u8> = writes.concat();
+                let reader = tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    b.read_to_end(&mut got).await.unwrap();
+                    got
+                });
+                for w in &writes {
+                    a.write_all(w).await.unwrap();
+                }
+                a.shutdown().await.unwrap();
+                assert_eq!(reader.await.unwrap(), expected);
+            });
+        }
+    }
+
     #[tokio::test]
     async fn undersized_length_poisons() {
         let (raw_a, mut raw_b) = tokio::io::duplex(64);
