@@ -102,7 +102,7 @@ impl Default for AgentLimits {
             max_inner_streams: 4096,
             max_pending_accepts: 1024,
             handshake_timeout: Duration::from_secs(10),
-            idle_session_timeout: Duration::from_secs(300),
+            idle_session_timeout: Duration::from_secs(600),
             max_e2ee_sessions: 1024,
         }
     }
@@ -302,7 +302,7 @@ mod tests {
         let cfg = parse("").unwrap();
         assert_eq!(cfg.reconnect, ReconnectConfig::default());
         assert_eq!(cfg.reconnect.initial_backoff, Duration::from_millis(200));
-        assert_eq!(cfg.limits.idle_session_timeout, Duration::from_secs(300));
+        assert_eq!(cfg.limits.idle_session_timeout, Duration::from_secs(600));
         assert_eq!(cfg.limits.max_inner_streams, 4096);
         let lease = &cfg.leases[0];
         assert_eq!(lease.ttl, Duration::from_secs(60));

@@ -67,6 +67,10 @@ pub struct ListenerConfig {
     pub max_inner_streams: usize,
     /// Decrypted streams waiting for `accept` before new ones are refused.
     pub max_pending_accepts: usize,
+    /// Close a dialer's E2EE session after this long without any open stream (the dialer
+    /// re-establishes it on demand). Longer than the dialer's own idle timeout (5 min by
+    /// default), so that normally the dialer, which knows when it is done, closes first.
+    pub idle_session_timeout: Duration,
 }
 
 impl ListenerConfig {
@@ -89,6 +93,7 @@ impl ListenerConfig {
             max_sessions: 1024,
             max_inner_streams: 4096,
             max_pending_accepts: 1024,
+            idle_session_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -419,13 +424,25 @@ async fn serve_dialer(shared: &Shared, mut stream: MuxStream) -> Result<(), Dial
         dialer_key: info.peer_static_key,
         alpn: info.alpn,
     };
+    let idle = cfg.idle_session_timeout;
+    let mut check = tokio::time::interval((idle / 4).max(Duration::from_millis(50)));
+    let mut last_active = tokio::time::Instant::now();
     loop {
         tokio::select! {
             s = inner.accept() => {
                 let Some(s) = s else { return Ok(()) };
+                last_active = tokio::time::Instant::now();
                 // A full accept queue refuses (resets) the stream rather than stalling others.
                 if shared.tx.try_send((s, peer.clone())).is_err() {
                     tracing::warn!(lease = %peer.lease, "accept queue full; stream refused");
+                }
+            }
+            _ = check.tick() => {
+                if inner.live_streams() > 0 {
+                    last_active = tokio::time::Instant::now();
+                } else if last_active.elapsed() >= idle {
+                    tracing::debug!(lease = %peer.lease, "idle e2ee session closed");
+                    return Ok(());
                 }
             }
             _ = shared.stop.cancelled() => return Ok(()),

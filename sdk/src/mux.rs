@@ -271,6 +271,11 @@ impl std::fmt::Debug for MuxInbound {
 }
 
 impl MuxInbound {
+    /// Streams of this session (either direction) handed out and still alive.
+    pub fn live_streams(&self) -> usize {
+        self.session.live.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Next stream the peer opened; `None` once the session is over.
     pub async fn accept(&mut self) -> Option<MuxStream> {
         loop {

@@ -184,3 +184,54 @@ async fn dialer_reestablishes_a_session_after_the_owner_restarts() {
     }
     panic!("no new session after the owner restarted: {last:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listener_closes_idle_e2ee_sessions_and_the_dialer_recovers() {
+    let net = TestNet::start().await;
+    let owner = Identity::generate();
+    let mut cfg = net.listener_config(&owner, "svc");
+    cfg.idle_session_timeout = Duration::from_millis(200);
+    let mut listener = Listener::bind(cfg).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = s.write_all(b"hi").await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let dialer = net.dialer();
+    for round in 0..2 {
+        let mut got = Vec::new();
+        let mut ok = false;
+        // The first dial after the owner dropped the session may race its close.
+        for _ in 0..50 {
+            got.clear();
+            if let Ok(mut s) = dialer.dial(&target("svc", &owner)).await {
+                if s.read_to_end(&mut got).await.is_ok() && got == b"hi" {
+                    ok = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(ok, "round {round}");
+        // Wait for the owner's side to find the session idle and the relay splice to end.
+        let mut spliced = true;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if net
+                .relay
+                .metrics()
+                .splices_active
+                .load(std::sync::atomic::Ordering::Relaxed)
+                == 0
+            {
+                spliced = false;
+                break;
+            }
+        }
+        assert!(!spliced, "idle session not closed in round {round}");
+    }
+    assert!(dialer.handshakes() >= 2);
+}

@@ -256,6 +256,7 @@ async fn agent_cmd(path: &Path) -> anyhow::Result<()> {
     lcfg.max_backoff = cfg.reconnect.max_backoff;
     lcfg.handshake_timeout = cfg.limits.handshake_timeout;
     lcfg.max_sessions = cfg.limits.max_e2ee_sessions;
+    lcfg.idle_session_timeout = cfg.limits.idle_session_timeout;
     lcfg.max_inner_streams = cfg.limits.max_inner_streams;
     lcfg.max_pending_accepts = cfg.limits.max_pending_accepts;
     let listener = Listener::bind(lcfg).await.context("registering leases")?;
