@@ -235,6 +235,38 @@ impl Listener {
     }
 }
 
+/// `axum::serve(listener, app)` serves a lease. Accepting never fails while the listener runs;
+/// if it stops, `accept` waits forever (axum's contract has no way to say "done").
+#[cfg(feature = "axum")]
+impl axum::serve::Listener for Listener {
+    type Io = PosternStream;
+    type Addr = PeerInfo;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            "a lease has no local address",
+        ))
+    }
+}
+
+/// `ConnectInfo<PeerInfo>` in handlers: which lease, which dialer key.
+#[cfg(feature = "axum")]
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Listener>>
+    for PeerInfo
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Listener>) -> Self {
+        stream.remote_addr().clone()
+    }
+}
+
 fn online(shared: &Shared, relay: &RelayUrl) -> ListenerStatus {
     ListenerStatus::Online {
         relay: relay.to_string(),

@@ -223,3 +223,30 @@ async fn tunnel_over_wss_with_a_private_ca() {
     let untrusting = postern_sdk::Dialer::new(postern_sdk::DialerConfig::new(url, me, grants));
     assert!(untrusting.dial(&target("secure", &owner)).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn axum_app_serves_a_lease_directly() {
+    use axum::routing::get as axum_get;
+    let net = TestNet::start().await;
+    let (owner, listener) = net.listen("axum-app").await;
+    let app = axum::Router::new().route(
+        "/who",
+        axum_get(
+            |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<
+                postern_sdk::PeerInfo,
+            >| async move { format!("lease {}", peer.lease) },
+        ),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<postern_sdk::PeerInfo>(),
+        )
+        .await
+    });
+    let dialer = net.dialer();
+    let mut client = http1_client(dialer.dial(&target("axum-app", &owner)).await.unwrap()).await;
+    let resp = send(&mut client, get("/who")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(body_bytes(resp).await, "lease axum-app");
+}
