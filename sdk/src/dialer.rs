@@ -169,6 +169,11 @@ impl Dialer {
         Ok(stream)
     }
 
+    /// Whether a relay is reachable (connecting to one if there is no live session).
+    pub async fn check_relay(&self) -> Result<(), DialError> {
+        self.relay().await.map(|_| ())
+    }
+
     /// Full Noise handshakes done so far (for tests and metrics).
     pub fn handshakes(&self) -> u64 {
         self.inner
