@@ -24,11 +24,16 @@
 mod agent;
 mod check;
 mod error;
+mod gateway;
 mod load;
 mod relay;
 
 pub use agent::{AgentConfig, AgentLimits, LeaseConfig, ReconnectConfig};
 pub use error::ConfigError;
+pub use gateway::{
+    load_gateway, parse_gateway, ApiKeyConfig, GatewayConfig, GatewayLease, GatewayLimits,
+    GatewayListen, IpPolicy, Scope, TlsCert,
+};
 pub use load::{load_agent, load_relay, parse_agent, parse_relay};
 pub use relay::{ControlPlane, RelayConfig, RelayLimits, RelayListen, RelayTimeouts, TlsFiles};
 

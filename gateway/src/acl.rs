@@ -1,1 +1,193 @@
-//! (being written)
+//! Authorization: may this verified key make this request to this lease from this address?
+//!
+//! Runs after `auth` has resolved the key. The order of the checks is the policy:
+//! 1. the global IP policy: a global deny wins over everything, then a non-empty global allow
+//!    list must contain the client;
+//! 2. the key's own IP lists, in the same way (deny wins, a non-empty allow must match);
+//! 3. the key's lease globs (`*` matches any run of characters);
+//! 4. the key's scopes: `read` permits `GET`, `HEAD` and `OPTIONS`; `write` permits every method.
+//!
+//! Every refusal here is a 403; this module never decides 401 or 404. IPv4-mapped IPv6
+//! addresses (`::ffff:a.b.c.d`, from dual-stack listeners) are compared as IPv4.
+
+use std::net::IpAddr;
+
+use http::Method;
+use ipnet::IpNet;
+use postern_config::{IpPolicy, Scope};
+use postern_sdk::lease_name::pattern_matches;
+
+use crate::auth::ApiKey;
+
+/// Which rule refused the request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("the key is not allowed for this lease")]
+    Lease,
+    #[error("the key's scopes do not allow this method")]
+    Scope,
+    #[error("the client address is not allowed")]
+    Ip,
+}
+
+/// Checks a verified key against a request.
+pub fn authorize(
+    key: &ApiKey,
+    lease: &str,
+    method: &Method,
+    client_ip: IpAddr,
+    global: &IpPolicy,
+) -> Result<(), Denied> {
+    if !ip_allowed(global, client_ip) || !lists_allow(&key.allow_ips, &key.deny_ips, client_ip) {
+        return Err(Denied::Ip);
+    }
+    if !key.leases.iter().any(|glob| pattern_matches(glob, lease)) {
+        return Err(Denied::Lease);
+    }
+    if !key.scopes.iter().any(|scope| scope_allows(*scope, method)) {
+        return Err(Denied::Scope);
+    }
+    Ok(())
+}
+
+/// The global policy alone, for filtering connections before any request is read.
+pub fn ip_allowed(global: &IpPolicy, ip: IpAddr) -> bool {
+    lists_allow(&global.allow, &global.deny, ip)
+}
+
+fn lists_allow(allow: &[IpNet], deny: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    let hit = |nets: &[IpNet]| nets.iter().any(|net| net.contains(&ip));
+    !hit(deny) && (allow.is_empty() || hit(allow))
+}
+
+fn scope_allows(scope: Scope, method: &Method) -> bool {
+    match scope {
+        Scope::Write => true,
+        Scope::Read => [Method::GET, Method::HEAD, Method::OPTIONS].contains(method),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn key(leases: &[&str], scopes: &[Scope]) -> ApiKey {
+        ApiKey {
+            id: "abcd1234".into(),
+            name: "test".into(),
+            leases: leases.iter().map(|l| l.to_string()).collect(),
+            scopes: scopes.to_vec(),
+            allow_ips: vec![],
+            deny_ips: vec![],
+            expires_at: None,
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    const ANY: IpPolicy = IpPolicy {
+        allow: vec![],
+        deny: vec![],
+    };
+
+    #[test]
+    fn lease_globs_decide_which_leases_a_key_reaches() {
+        let k = key(&["team-*", "exact"], &[Scope::Write]);
+        let at = |lease| authorize(&k, lease, &Method::POST, ip("10.0.0.1"), &ANY);
+        assert_eq!(at("team-a"), Ok(()));
+        assert_eq!(at("exact"), Ok(()));
+        assert_eq!(at("exactly"), Err(Denied::Lease));
+        assert_eq!(at("other"), Err(Denied::Lease));
+        let all = key(&["*"], &[Scope::Write]);
+        assert_eq!(
+            authorize(&all, "caf\u{e9}", &Method::GET, ip("::1"), &ANY),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn read_scope_allows_only_safe_methods() {
+        let k = key(&["*"], &[Scope::Read]);
+        for (method, ok) in [
+            (Method::GET, true),
+            (Method::HEAD, true),
+            (Method::OPTIONS, true),
+            (Method::POST, false),
+            (Method::PUT, false),
+            (Method::DELETE, false),
+            (Method::PATCH, false),
+            (Method::from_bytes(b"PROPFIND").unwrap(), false),
+        ] {
+            let got = authorize(&k, "a", &method, ip("10.0.0.1"), &ANY);
+            assert_eq!(got.is_ok(), ok, "{method}");
+            if !ok {
+                assert_eq!(got, Err(Denied::Scope));
+            }
+        }
+        let both = key(&["*"], &[Scope::Read, Scope::Write]);
+        assert_eq!(
+            authorize(&both, "a", &Method::DELETE, ip("10.0.0.1"), &ANY),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn global_deny_wins_then_global_allow_then_key_lists() {
+        let global = IpPolicy {
+            allow: nets(&["10.0.0.0/8"]),
+            deny: nets(&["10.9.0.0/16"]),
+        };
+        let mut k = key(&["*"], &[Scope::Write]);
+        k.allow_ips = nets(&["10.9.0.0/16", "10.1.0.0/16"]);
+        k.deny_ips = nets(&["10.1.2.0/24"]);
+        let from = |addr| authorize(&k, "a", &Method::GET, ip(addr), &global);
+        assert_eq!(
+            from("10.9.0.1"),
+            Err(Denied::Ip),
+            "global deny beats key allow"
+        );
+        assert_eq!(from("192.0.2.1"), Err(Denied::Ip), "outside global allow");
+        assert_eq!(from("10.2.0.1"), Err(Denied::Ip), "outside key allow");
+        assert_eq!(
+            from("10.1.2.3"),
+            Err(Denied::Ip),
+            "key deny beats key allow"
+        );
+        assert_eq!(from("10.1.3.3"), Ok(()));
+        assert_eq!(
+            from("::ffff:10.1.3.3"),
+            Ok(()),
+            "mapped IPv4 compares as IPv4"
+        );
+    }
+
+    #[test]
+    fn ip_is_checked_before_lease_and_scope() {
+        let mut k = key(&["a"], &[Scope::Read]);
+        k.deny_ips = nets(&["0.0.0.0/0"]);
+        assert_eq!(
+            authorize(&k, "b", &Method::POST, ip("192.0.2.1"), &ANY),
+            Err(Denied::Ip)
+        );
+    }
+
+    #[test]
+    fn connection_filter_uses_the_global_policy_only() {
+        assert!(ip_allowed(&ANY, ip("203.0.113.7")));
+        let global = IpPolicy {
+            allow: nets(&["2001:db8::/32"]),
+            deny: nets(&["2001:db8:bad::/48"]),
+        };
+        assert!(ip_allowed(&global, ip("2001:db8::1")));
+        assert!(!ip_allowed(&global, ip("2001:db8:bad::1")));
+        assert!(!ip_allowed(&global, ip("203.0.113.7")));
+    }
+}

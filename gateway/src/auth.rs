@@ -1,1 +1,633 @@
-//! (being written)
+//! API keys: who is calling.
+//!
+//! A key is `pst_<id>_<secret>`: `id` is 8–32 characters of `[a-z0-9]` and names the record,
+//! `secret` is 32–64 characters of `[A-Za-z0-9]`. The configuration stores only an argon2id hash
+//! of the whole key. argon2 is deliberately slow, so this module must never let a client turn
+//! requests into argon2 work at will:
+//! * a malformed key, or a well-formed key whose id is unknown, is refused before argon2 (the id
+//!   is an O(1) map lookup; ids are identifiers, not secrets);
+//! * a key that passed argon2 is remembered as the SHA-256 of the whole key, per id, for
+//!   `key_cache_ttl`; later requests compare digests in constant time and skip argon2;
+//! * concurrent first uses of one id wait for a single argon2 run (at most once per key per
+//!   cache lifetime);
+//! * failed attempts are limited per client IP (IPv6 per /64) with a GCRA quota; past it the
+//!   caller answers 429 without trying the key.
+//!
+//! The secret is never logged: [`KeyStore`] has a hand-written `Debug`, and errors name no key.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Argon2, PasswordVerifier};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderMap;
+use ipnet::IpNet;
+use postern_config::{ApiKeyConfig, GatewayLimits, Scope};
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::problem::Problem;
+
+const PREFIX: &str = "pst_";
+const ID_CHARS: std::ops::RangeInclusive<usize> = 8..=32;
+const SECRET_CHARS: std::ops::RangeInclusive<usize> = 32..=64;
+/// Length of secrets made by [`generate`]: about 238 bits.
+const GENERATED_SECRET_CHARS: usize = 40;
+/// Failures between two clean-ups of the per-IP state.
+const HOUSEKEEPING_EVERY: u64 = 1024;
+/// Most client IPs held in the blocked list at once.
+const MAX_BLOCKED_IPS: usize = 65_536;
+
+/// A resolved, verified key: everything the ACL needs, nothing secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    /// Lease name globs.
+    pub leases: Vec<String>,
+    pub scopes: Vec<Scope>,
+    pub allow_ips: Vec<IpNet>,
+    pub deny_ips: Vec<IpNet>,
+    /// Unix seconds.
+    pub expires_at: Option<u64>,
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("Authorization and X-API-Key carry different keys")]
+    ConflictingHeaders,
+    #[error("malformed API key")]
+    Malformed,
+    #[error("unknown API key id")]
+    UnknownKey,
+    #[error("API key expired")]
+    Expired,
+    #[error("wrong API key secret")]
+    WrongSecret,
+    #[error("too many failed attempts from this address")]
+    TooManyFailures { retry_after: Duration },
+    #[error("key verification failed internally")]
+    Internal,
+}
+
+impl AuthError {
+    /// The response: 401 for every key problem, 429 when rate limited.
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::TooManyFailures { retry_after } => Problem::TooManyRequests {
+                retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
+            },
+            Self::Internal => Problem::ServiceUnavailable,
+            _ => Problem::Unauthorized,
+        }
+    }
+}
+
+/// Makes a new key; returns `(key, id, argon2id PHC hash)`. The key is shown once, then only
+/// the id and the hash are stored. `id_len` is clamped to 8..=32.
+pub fn generate(id_len: usize) -> Result<(String, String, String), argon2::password_hash::Error> {
+    const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::thread_rng();
+    let id: String = (0..id_len.clamp(*ID_CHARS.start(), *ID_CHARS.end()))
+        .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
+        .collect();
+    let secret: String = (&mut rng)
+        .sample_iter(rand::distributions::Alphanumeric)
+        .take(GENERATED_SECRET_CHARS)
+        .map(char::from)
+        .collect();
+    let key = format!("{PREFIX}{id}_{secret}");
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    let phc = Argon2::default()
+        .hash_password(key.as_bytes(), &salt)?
+        .to_string();
+    Ok((key, id, phc))
+}
+
+/// Removes the gateway credential so the origin never sees it; other `Authorization` stays.
+pub fn strip_credentials(headers: &mut HeaderMap) {
+    headers.remove("x-api-key");
+    let ours = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(s, t)| s.eq_ignore_ascii_case("bearer") && t.trim().starts_with(PREFIX));
+    if ours {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+}
+
+/// Splits `pst_<id>_<secret>` and checks both alphabets and lengths; no secret comparison.
+fn parse_key(presented: &str) -> Option<&str> {
+    let (id, secret) = presented.strip_prefix(PREFIX)?.split_once('_')?;
+    let id_ok = ID_CHARS.contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let secret_ok =
+        SECRET_CHARS.contains(&secret.len()) && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    (id_ok && secret_ok).then_some(id)
+}
+
+struct StoredKey {
+    key: Arc<ApiKey>,
+    phc: Arc<str>,
+    /// Held while argon2 runs for this id, so concurrent misses share one run.
+    verifying: tokio::sync::Mutex<()>,
+}
+
+struct CacheEntry {
+    digest: [u8; 32],
+    inserted: Instant,
+}
+
+/// The configured keys, the verified-key cache, and the per-IP failure limiter.
+pub struct KeyStore {
+    keys: HashMap<String, StoredKey>,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    cache_ttl: Duration,
+    cache_max: usize,
+    argon2_verifications: AtomicU64,
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    failures_seen: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("keys", &self.keys.len())
+            .field("argon2_verifications", &self.argon2_verifications())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore {
+    /// Resolves the configured keys (validated by `postern_config`). A hash argon2 still cannot
+    /// parse is logged, and that key is refused without argon2 work.
+    pub fn new(configs: &[ApiKeyConfig], limits: &GatewayLimits) -> Self {
+        let mut keys = HashMap::with_capacity(configs.len());
+        for c in configs {
+            if PasswordHash::new(&c.hash).is_err() {
+                tracing::warn!(key_id = %c.id, "api_key hash is not a PHC string; key disabled");
+                continue;
+            }
+            let key = ApiKey {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                leases: c.leases.clone(),
+                scopes: c.scopes.clone(),
+                allow_ips: c.allow_ips.clone(),
+                deny_ips: c.deny_ips.clone(),
+                expires_at: c.expires_at,
+            };
+            let stored = StoredKey {
+                key: Arc::new(key),
+                phc: c.hash.as_str().into(),
+                verifying: tokio::sync::Mutex::new(()),
+            };
+            keys.insert(c.id.clone(), stored);
+        }
+        let per_minute =
+            NonZeroU32::new(limits.failed_auth_per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
+        Self {
+            keys,
+            cache: Mutex::new(HashMap::new()),
+            cache_ttl: limits.key_cache_ttl,
+            cache_max: limits.key_cache_max_entries.max(1),
+            argon2_verifications: AtomicU64::new(0),
+            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            blocked: Mutex::new(HashMap::new()),
+            failures_seen: AtomicU64::new(0),
+        }
+    }
+
+    /// The presented key from `Authorization: Bearer pst_…` or `X-API-Key`, if any.
+    ///
+    /// A non-Bearer `Authorization`, or a Bearer token that is not a `pst_` key, belongs to the
+    /// origin and is ignored. Repeated headers, non-ASCII values, or two different keys are errors.
+    pub fn extract(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+        let single = |name: &str| -> Result<Option<&str>, AuthError> {
+            let mut values = headers.get_all(name).iter();
+            match (values.next(), values.next()) {
+                (None, _) => Ok(None),
+                (Some(v), None) => v
+                    .to_str()
+                    .map(|s| Some(s.trim()))
+                    .map_err(|_| AuthError::Malformed),
+                (Some(_), Some(_)) => Err(AuthError::Malformed),
+            }
+        };
+        let bearer = single(http::header::AUTHORIZATION.as_str())?.and_then(|value| {
+            let (scheme, token) = value.split_once(' ')?;
+            let token = token.trim();
+            (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(PREFIX)).then_some(token)
+        });
+        match (bearer, single("x-api-key")?) {
+            (Some(a), Some(b)) if a != b => Err(AuthError::ConflictingHeaders),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    /// How many times argon2 has run since this store was built.
+    pub fn argon2_verifications(&self) -> u64 {
+        self.argon2_verifications.load(Ordering::Relaxed)
+    }
+
+    /// Checks a presented key; `now_unix` decides expiry.
+    pub async fn verify(&self, presented: &str, now_unix: u64) -> Result<Arc<ApiKey>, AuthError> {
+        let id = parse_key(presented).ok_or(AuthError::Malformed)?;
+        let stored = self.keys.get(id).ok_or(AuthError::UnknownKey)?;
+        if stored.key.expires_at.is_some_and(|at| now_unix >= at) {
+            return Err(AuthError::Expired);
+        }
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if self.cached(id, &digest) {
+            return Ok(stored.key.clone());
+        }
+        let _one_run = stored.verifying.lock().await;
+        if self.cached(id, &digest) {
+            return Ok(stored.key.clone());
+        }
+        self.argon2_verifications.fetch_add(1, Ordering::Relaxed);
+        let (phc, candidate) = (stored.phc.clone(), presented.to_owned());
+        let verified = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&phc).is_ok_and(|h| {
+                Argon2::default()
+                    .verify_password(candidate.as_bytes(), &h)
+                    .is_ok()
+            })
+        })
+        .await
+        .map_err(|_| AuthError::Internal)?;
+        if !verified {
+            return Err(AuthError::WrongSecret);
+        }
+        self.remember(id, digest);
+        Ok(stored.key.clone())
+    }
+
+    fn cached(&self, id: &str, digest: &[u8; 32]) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.get(id).is_some_and(|entry| {
+            entry.inserted.elapsed() < self.cache_ttl && bool::from(entry.digest.ct_eq(digest))
+        })
+    }
+
+    fn remember(&self, id: &str, digest: [u8; 32]) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= self.cache_max && !cache.contains_key(id) {
+            cache.retain(|_, e| e.inserted.elapsed() < self.cache_ttl);
+            if cache.len() >= self.cache_max {
+                let oldest = cache
+                    .iter()
+                    .min_by_key(|(_, e)| e.inserted)
+                    .map(|(k, _)| k.clone());
+                if let Some(oldest) = oldest {
+                    cache.remove(&oldest);
+                }
+            }
+        }
+        let inserted = Instant::now();
+        cache.insert(id.to_owned(), CacheEntry { digest, inserted });
+    }
+
+    /// `Err` while `ip` is over its failed-attempt quota; try no key from it until then.
+    pub fn check_ip_allowed_to_try(&self, ip: IpAddr) -> Result<(), AuthError> {
+        let bucket = client_bucket(ip);
+        let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+        match blocked
+            .get(&bucket)
+            .map(|until| until.saturating_duration_since(Instant::now()))
+        {
+            Some(retry_after) if !retry_after.is_zero() => {
+                Err(AuthError::TooManyFailures { retry_after })
+            }
+            Some(_) => {
+                blocked.remove(&bucket);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed attempt from `ip`; past the quota, `ip` is blocked until a cell frees up.
+    pub fn record_failure(&self, ip: IpAddr) {
+        let bucket = client_bucket(ip);
+        if let Err(not_until) = self.failures.check_key(&bucket) {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(self.failures.clock()));
+            let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
+            if blocked.len() >= MAX_BLOCKED_IPS {
+                let now = Instant::now();
+                blocked.retain(|_, until| *until > now);
+            }
+            if blocked.len() < MAX_BLOCKED_IPS {
+                blocked.insert(bucket, Instant::now() + wait);
+            }
+        }
+        if self.failures_seen.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 {
+            self.failures.retain_recent();
+            self.failures.shrink_to_fit();
+        }
+    }
+}
+
+/// The unit a client is limited by: its IPv4 address, or its IPv6 /64.
+fn client_bucket(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(prefix.into())
+        }
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::sync::OnceLock;
+
+    use http::HeaderValue;
+    use rand::distributions::{Alphanumeric, DistString};
+
+    use super::*;
+
+    /// One generated key, shared: each argon2 hash costs real time.
+    fn sample() -> &'static (String, String, String) {
+        static KEY: OnceLock<(String, String, String)> = OnceLock::new();
+        KEY.get_or_init(|| generate(12).unwrap())
+    }
+
+    fn config(id: &str, phc: &str) -> ApiKeyConfig {
+        ApiKeyConfig {
+            id: id.into(),
+            hash: phc.into(),
+            name: "test".into(),
+            leases: vec!["*".into()],
+            scopes: vec![Scope::Write],
+            expires_at: None,
+            allow_ips: vec![],
+            deny_ips: vec![],
+        }
+    }
+
+    fn store_with(limits: GatewayLimits, expires_at: Option<u64>) -> KeyStore {
+        let (_, id, phc) = sample();
+        let mut c = config(id, phc);
+        c.expires_at = expires_at;
+        KeyStore::new(&[c], &limits)
+    }
+
+    fn store() -> KeyStore {
+        store_with(GatewayLimits::default(), None)
+    }
+
+    #[test]
+    fn generated_keys_have_the_documented_shape() {
+        let (key, id, phc) = sample();
+        assert_eq!(parse_key(key), Some(id.as_str()));
+        assert_eq!(id.len(), 12);
+        assert!(phc.starts_with("$argon2id$"), "{phc}");
+        assert_eq!(generate(1).unwrap().1.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn generated_key_verifies_and_wrong_secret_fails() {
+        let (key, id, _) = sample();
+        let store = store();
+        assert_eq!(store.verify(key, 0).await.unwrap().id, *id);
+        let mut wrong = key.clone();
+        let last = if wrong.ends_with('A') { "B" } else { "A" };
+        wrong.replace_range(wrong.len() - 1.., last);
+        assert_eq!(store.verify(&wrong, 0).await, Err(AuthError::WrongSecret));
+        assert_eq!(store.argon2_verifications(), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_runs_once_per_key_per_cache_lifetime() {
+        let store = Arc::new(store());
+        let key = &sample().0;
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (store, key) = (store.clone(), key.clone());
+                tokio::spawn(async move { store.verify(&key, 0).await })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        store.verify(key, 0).await.unwrap();
+        assert_eq!(store.argon2_verifications(), 1);
+    }
+
+    #[tokio::test]
+    async fn cache_entries_expire_and_are_bounded() {
+        let short = GatewayLimits {
+            key_cache_ttl: Duration::from_millis(1),
+            ..GatewayLimits::default()
+        };
+        let store = store_with(short, None);
+        let key = &sample().0;
+        store.verify(key, 0).await.unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        store.verify(key, 0).await.unwrap();
+        assert_eq!(store.argon2_verifications(), 2);
+
+        let (_, id, phc) = sample();
+        let one = GatewayLimits {
+            key_cache_max_entries: 1,
+            ..GatewayLimits::default()
+        };
+        let store = KeyStore::new(&[config(id, phc), config("otherkey1", phc)], &one);
+        store.verify(key, 0).await.unwrap();
+        store.remember("otherkey1", [0; 32]);
+        assert_eq!(store.cache.lock().unwrap().len(), 1);
+        store.verify(key, 0).await.unwrap();
+        assert_eq!(store.argon2_verifications(), 2);
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_bad_keys_cost_no_argon2() {
+        let store = store();
+        let (_, id, _) = sample();
+        let mut rng = rand::thread_rng();
+        for i in 0..10_000 {
+            let secret = Alphanumeric.sample_string(&mut rng, 40);
+            let unknown_id: String = Alphanumeric.sample_string(&mut rng, 12).to_lowercase();
+            let presented = match i % 4 {
+                0 => {
+                    let len = rng.gen_range(0..120);
+                    Alphanumeric.sample_string(&mut rng, len)
+                }
+                1 => format!("pst_{unknown_id}_{secret}"),
+                2 => format!("pst_{id}_{}", &secret[..rng.gen_range(0..32)]),
+                _ => format!("pst_{id}_{secret}!"),
+            };
+            assert!(store.verify(&presented, 0).await.is_err(), "{presented}");
+        }
+        assert_eq!(store.argon2_verifications(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_key_is_refused_without_argon2() {
+        let store = store_with(GatewayLimits::default(), Some(1_000));
+        let key = &sample().0;
+        assert_eq!(store.verify(key, 1_000).await, Err(AuthError::Expired));
+        assert_eq!(store.argon2_verifications(), 0);
+        assert!(store.verify(key, 999).await.is_ok());
+    }
+
+    #[test]
+    fn malformed_keys_are_recognized() {
+        let secret = "a".repeat(32);
+        assert_eq!(
+            parse_key(&format!("pst_abcd1234_{secret}")),
+            Some("abcd1234")
+        );
+        for bad in [
+            format!("pst_abc1234_{secret}"),
+            format!("pst_ABCD1234_{secret}"),
+            format!("pst_{}_{secret}", "a".repeat(33)),
+            format!("pst_abcd1234_{}", "a".repeat(31)),
+            format!("pst_abcd1234_{}", "a".repeat(65)),
+            format!("pst_abcd1234_{secret}_x"),
+            format!("key_abcd1234_{secret}"),
+            format!("pst_abcd1234{secret}"),
+        ] {
+            assert_eq!(parse_key(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_extraction() {
+        let key = "pst_abcd1234_".to_owned() + &"a".repeat(32);
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.append(*name, HeaderValue::from_str(value).unwrap());
+            }
+            map
+        };
+        let bearer = format!("Bearer {key}");
+        let cases: Vec<(HeaderMap, Result<Option<&str>, AuthError>)> = vec![
+            (headers(&[]), Ok(None)),
+            (headers(&[("authorization", &bearer)]), Ok(Some(&key))),
+            (
+                headers(&[("authorization", &format!("bearer  {key} "))]),
+                Ok(Some(&key)),
+            ),
+            (headers(&[("x-api-key", &key)]), Ok(Some(&key))),
+            (
+                headers(&[("authorization", &bearer), ("x-api-key", &key)]),
+                Ok(Some(&key)),
+            ),
+            (
+                headers(&[("authorization", "Basic dXNlcjpwdw==")]),
+                Ok(None),
+            ),
+            (
+                headers(&[
+                    ("authorization", "Bearer origin-token"),
+                    ("x-api-key", &key),
+                ]),
+                Ok(Some(&key)),
+            ),
+            (
+                headers(&[("authorization", &bearer), ("x-api-key", "pst_other")]),
+                Err(AuthError::ConflictingHeaders),
+            ),
+            (
+                headers(&[("x-api-key", &key), ("x-api-key", &key)]),
+                Err(AuthError::Malformed),
+            ),
+        ];
+        for (map, expected) in cases {
+            assert_eq!(KeyStore::extract(&map), expected, "{map:?}");
+        }
+        let mut map = HeaderMap::new();
+        map.insert("x-api-key", HeaderValue::from_bytes(b"\xe9").unwrap());
+        assert_eq!(KeyStore::extract(&map), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn credentials_are_stripped_but_origin_auth_kept() {
+        let mut map = HeaderMap::new();
+        map.insert("x-api-key", HeaderValue::from_static("pst_x"));
+        map.insert("authorization", HeaderValue::from_static("Bearer pst_x"));
+        strip_credentials(&mut map);
+        assert!(map.is_empty());
+        map.insert("authorization", HeaderValue::from_static("Bearer origin"));
+        strip_credentials(&mut map);
+        assert_eq!(map.len(), 1);
+    }
+
+    #[test]
+    fn failed_attempts_are_limited_per_client() {
+        let limits = GatewayLimits {
+            failed_auth_per_ip_per_minute: 3,
+            ..GatewayLimits::default()
+        };
+        let store = store_with(limits, None);
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let neighbour: IpAddr = "2001:db8::ffff".parse().unwrap();
+        for _ in 0..3 {
+            store.check_ip_allowed_to_try(ip).unwrap();
+            store.record_failure(ip);
+        }
+        store.check_ip_allowed_to_try(ip).unwrap();
+        store.record_failure(neighbour); // same /64: over quota now
+        let Err(AuthError::TooManyFailures { retry_after }) = store.check_ip_allowed_to_try(ip)
+        else {
+            panic!("expected TooManyFailures");
+        };
+        assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_secs(20));
+        let problem = AuthError::TooManyFailures { retry_after }.problem();
+        assert!(matches!(
+            problem,
+            Problem::TooManyRequests {
+                retry_after_secs: 1..=20
+            }
+        ));
+        store
+            .check_ip_allowed_to_try("2001:db9::1".parse().unwrap())
+            .unwrap();
+        store
+            .check_ip_allowed_to_try("192.0.2.1".parse().unwrap())
+            .unwrap();
+    }
+
+    #[test]
+    fn errors_map_to_401_and_secrets_stay_out_of_debug() {
+        for e in [
+            AuthError::Malformed,
+            AuthError::UnknownKey,
+            AuthError::Expired,
+            AuthError::WrongSecret,
+        ] {
+            assert_eq!(e.problem(), Problem::Unauthorized);
+        }
+        let store = store();
+        let (key, _, phc) = sample();
+        let shown = format!("{store:?}");
+        assert!(
+            !shown.contains(key.as_str()) && !shown.contains(phc.as_str()),
+            "{shown}"
+        );
+        let bad = KeyStore::new(
+            &[config("abcd1234", "not a phc")],
+            &GatewayLimits::default(),
+        );
+        assert!(
+            bad.keys.is_empty(),
+            "a hash argon2 cannot parse never verifies"
+        );
+    }
+}

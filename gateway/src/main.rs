@@ -1,6 +1,37 @@
-//! `postern-gateway` (under construction: see issue 3).
+//! `postern-gateway`: runs the gateway from a TOML config file.
 
-fn main() {
-    eprintln!("postern-gateway: not yet functional; see README");
-    std::process::exit(2);
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use postern_gateway::state::GatewayState;
+
+/// Postern gateway: authenticates and forwards requests to leases over the E2EE tunnel.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Path to the gateway's TOML config (see config/examples/gateway.toml).
+    #[arg(long, short, env = "POSTERN_GATEWAY_CONFIG")]
+    config: PathBuf,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .init();
+    let config = postern_config::load_gateway(&args.config)?;
+    let state = Arc::new(GatewayState::load(config).context("starting the gateway")?);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = tx.send(true);
+    });
+    postern_gateway::server::serve(state, rx).await?;
+    Ok(())
 }

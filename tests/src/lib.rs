@@ -24,6 +24,7 @@ use postern_sdk::{
 };
 use tokio::net::TcpListener;
 
+pub mod gateway;
 pub mod tap;
 
 /// Installs a test log subscriber once (RUST_LOG controls it).

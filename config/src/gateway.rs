@@ -1,0 +1,681 @@
+//! Configuration of the gateway (`postern-gateway`): where it listens, which relays it dials
+//! through, which leases it fronts, which API keys may reach them and from where.
+//!
+//! API keys are stored only as argon2id PHC strings; the secret half of a key never appears in
+//! this file. Checking a key against its hash is the gateway's job (`gateway/src/auth.rs`).
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::check::{all_nonzero, all_positive, ensure, key32};
+use crate::ConfigError;
+
+/// RFC 7301: a protocol id is 1..=255 bytes.
+const MAX_ALPN_BYTES: usize = 255;
+/// The wire limit on lease names (`postern_sdk::protocol::MAX_LEASE_NAME_BYTES`).
+const MAX_LEASE_NAME_BYTES: usize = 63;
+/// Length bounds of the `<id>` part of `pst_<id>_<secret>`.
+const KEY_ID_CHARS: std::ops::RangeInclusive<usize> = 8..=32;
+
+/// The whole gateway configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default)]
+    pub listen: GatewayListen,
+    /// Enables host routing, `{lease}.{base_domain}`; path routing (`/peer/{lease}/`) always works.
+    #[serde(default)]
+    pub base_domain: Option<String>,
+    /// `ws://` or `wss://` relay URLs; the gateway fails over between them.
+    #[serde(default)]
+    pub relays: Vec<String>,
+    /// The gateway's Ed25519 identity key (it is the dialer).
+    pub identity_key_file: PathBuf,
+    /// The DIAL grant signed by the control plane.
+    pub grant_file: PathBuf,
+    /// Extra PEM roots for `wss://` relays; the web PKI roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// `[[lease]]` tables: the leases this gateway fronts.
+    #[serde(default, rename = "lease")]
+    pub leases: Vec<GatewayLease>,
+    /// `[[api_key]]` tables.
+    #[serde(default, rename = "api_key")]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Global client-IP policy, applied before any key's own lists.
+    #[serde(default)]
+    pub ip: IpPolicy,
+    #[serde(default)]
+    pub limits: GatewayLimits,
+}
+
+/// The downstream listeners.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayListen {
+    /// TLS listener (HTTP/1.1 and HTTP/2); needs at least one `[[listen.tls]]`.
+    pub https: Option<SocketAddr>,
+    /// Plain HTTP listener; loopback addresses only.
+    pub http: Option<SocketAddr>,
+    /// Certificates, chosen by SNI.
+    pub tls: Vec<TlsCert>,
+}
+
+/// A PEM certificate chain, its key, and the SNI names it serves.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCert {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// DNS names, `*.example.com` allowed. Empty: the default certificate (at most one).
+    #[serde(default)]
+    pub server_names: Vec<String>,
+}
+
+/// A lease the gateway fronts and the identity that owns it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayLease {
+    pub name: String,
+    /// Standard-base64 Ed25519 public key (32 bytes): the control plane's record of the owner.
+    pub owner_identity: String,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+}
+
+impl GatewayLease {
+    /// The decoded owner key. Call after validation.
+    pub fn owner_identity_bytes(&self) -> Option<[u8; 32]> {
+        key32("", &self.owner_identity).ok()
+    }
+}
+
+/// What a key may do to the requests it authorizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `GET`, `HEAD` and `OPTIONS` only.
+    Read,
+    /// Every method.
+    Write,
+}
+
+/// One API key, `pst_<id>_<secret>`, stored by id with an argon2id hash of the whole key.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// The `<id>` part: 8 to 32 characters of `[a-z0-9]`, unique.
+    pub id: String,
+    /// argon2id PHC string (`$argon2id$v=19$…`) of the full key.
+    pub hash: String,
+    /// A human label for logs and audits.
+    pub name: String,
+    /// Lease name globs (`*` matches any run of characters).
+    pub leases: Vec<String>,
+    #[serde(default = "write_scope")]
+    pub scopes: Vec<Scope>,
+    /// Unix seconds after which the key is refused.
+    #[serde(default)]
+    pub expires_at: Option<u64>,
+    #[serde(default)]
+    pub allow_ips: Vec<IpNet>,
+    #[serde(default)]
+    pub deny_ips: Vec<IpNet>,
+}
+
+fn write_scope() -> Vec<Scope> {
+    vec![Scope::Write]
+}
+
+/// CIDR allow and deny lists. Deny wins; an empty allow list allows every address.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IpPolicy {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+}
+
+/// Caps and timeouts; each bounds memory or work a client can cause.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayLimits {
+    pub max_request_body_bytes: u64,
+    pub max_header_bytes: usize,
+    /// How long a verified key skips argon2.
+    #[serde(with = "humantime_serde")]
+    pub key_cache_ttl: Duration,
+    pub key_cache_max_entries: usize,
+    pub failed_auth_per_ip_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    /// SSE and WebSocket are bounded by idle time, not total time.
+    #[serde(with = "humantime_serde")]
+    pub upstream_idle_timeout: Duration,
+    /// Time a client has to send the request headers (slowloris bound).
+    #[serde(with = "humantime_serde")]
+    pub request_header_timeout: Duration,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body_bytes: 64 * 1024 * 1024,
+            max_header_bytes: 64 * 1024,
+            key_cache_ttl: Duration::from_secs(300),
+            key_cache_max_entries: 10_000,
+            failed_auth_per_ip_per_minute: 30,
+            upstream_connect_timeout: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(60),
+            request_header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Reads, parses and validates a gateway configuration file.
+pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_gateway(&text, &path.display().to_string())
+}
+
+/// Parses and validates gateway configuration text; `origin` names it in errors.
+pub fn parse_gateway(text: &str, origin: &str) -> Result<GatewayConfig, ConfigError> {
+    let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl GatewayConfig {
+    /// Checks the whole configuration; returns the first problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen.validate("listen")?;
+        if let Some(domain) = &self.base_domain {
+            ensure(dns_name(domain, false), "base_domain", "must be a DNS name")?;
+        }
+        ensure(
+            !self.relays.is_empty(),
+            "relays",
+            "at least one relay URL is required",
+        )?;
+        let mut seen = HashSet::new();
+        for (i, url) in self.relays.iter().enumerate() {
+            let field = format!("relays[{i}]");
+            check_ws_url(&field, url)?;
+            ensure(seen.insert(url), &field, "duplicate relay URL")?;
+        }
+        for (field, path) in [
+            ("identity_key_file", &self.identity_key_file),
+            ("grant_file", &self.grant_file),
+        ] {
+            ensure(!path.as_os_str().is_empty(), field, "is empty")?;
+        }
+        let mut names = HashSet::new();
+        for (i, lease) in self.leases.iter().enumerate() {
+            let at = format!("lease[{i}]");
+            lease.validate(&at)?;
+            ensure(
+                names.insert(&lease.name),
+                &format!("{at}.name"),
+                "duplicate lease name",
+            )?;
+        }
+        let mut ids = HashSet::new();
+        for (i, key) in self.api_keys.iter().enumerate() {
+            let at = format!("api_key[{i}]");
+            key.validate(&at)?;
+            ensure(ids.insert(&key.id), &format!("{at}.id"), "duplicate key id")?;
+        }
+        self.limits.validate("limits")
+    }
+}
+
+impl GatewayListen {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        ensure(
+            self.https.is_some() || self.http.is_some(),
+            at,
+            "set https, http or both",
+        )?;
+        if let Some(addr) = self.http {
+            let loopback = addr.ip().is_loopback();
+            ensure(
+                loopback,
+                &format!("{at}.http"),
+                "must be a loopback address",
+            )?;
+        }
+        if self.https.is_some() {
+            ensure(
+                !self.tls.is_empty(),
+                &format!("{at}.tls"),
+                "https needs at least one [[listen.tls]]",
+            )?;
+        }
+        let (mut names, mut defaults) = (HashSet::new(), 0);
+        for (i, tls) in self.tls.iter().enumerate() {
+            let field = |name: &str| format!("{at}.tls[{i}].{name}");
+            ensure(!tls.cert.as_os_str().is_empty(), &field("cert"), "is empty")?;
+            ensure(!tls.key.as_os_str().is_empty(), &field("key"), "is empty")?;
+            if tls.server_names.is_empty() {
+                defaults += 1;
+                let ok = defaults == 1;
+                ensure(ok, &field("server_names"), "only one default certificate")?;
+            }
+            for (j, name) in tls.server_names.iter().enumerate() {
+                let f = field(&format!("server_names[{j}]"));
+                ensure(dns_name(name, true), &f, "must be a DNS name")?;
+                ensure(names.insert(name.to_ascii_lowercase()), &f, "duplicate")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl GatewayLease {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let len = self.name.len();
+        ensure(
+            len > 0 && len <= MAX_LEASE_NAME_BYTES,
+            &field("name"),
+            "must be 1 to 63 bytes",
+        )?;
+        let bad = |c: char| c.is_whitespace() || c.is_control() || c == '/';
+        ensure(
+            !self.name.contains(bad),
+            &field("name"),
+            "must not contain whitespace, control characters or '/'",
+        )?;
+        key32(&field("owner_identity"), &self.owner_identity)?;
+        for (i, proto) in self.alpn.iter().enumerate() {
+            let ok = !proto.is_empty() && proto.len() <= MAX_ALPN_BYTES;
+            ensure(ok, &field(&format!("alpn[{i}]")), "must be 1 to 255 bytes")?;
+        }
+        Ok(())
+    }
+}
+
+impl ApiKeyConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        let field = |name: &str| format!("{at}.{name}");
+        let id_ok = KEY_ID_CHARS.contains(&self.id.len())
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        ensure(
+            id_ok,
+            &field("id"),
+            "must be 8 to 32 characters of [a-z0-9]",
+        )?;
+        ensure(
+            argon2id_phc(&self.hash),
+            &field("hash"),
+            "must be an argon2id PHC string ($argon2id$v=19$m=..,t=..,p=..$salt$hash)",
+        )?;
+        ensure(!self.name.trim().is_empty(), &field("name"), "is empty")?;
+        ensure(
+            !self.leases.is_empty(),
+            &field("leases"),
+            "at least one lease pattern is required",
+        )?;
+        for (i, pattern) in self.leases.iter().enumerate() {
+            let ok = !pattern.is_empty()
+                && pattern.len() <= MAX_LEASE_NAME_BYTES
+                && !pattern.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/');
+            let reason = "must be a lease name or glob (1 to 63 bytes, no whitespace or '/')";
+            ensure(ok, &field(&format!("leases[{i}]")), reason)?;
+        }
+        ensure(
+            !self.scopes.is_empty(),
+            &field("scopes"),
+            "at least one scope is required",
+        )
+    }
+}
+
+impl GatewayLimits {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        all_positive(
+            at,
+            &[
+                ("max_header_bytes", self.max_header_bytes),
+                ("key_cache_max_entries", self.key_cache_max_entries),
+            ],
+        )?;
+        ensure(
+            self.max_request_body_bytes > 0,
+            &format!("{at}.max_request_body_bytes"),
+            "must be greater than 0",
+        )?;
+        ensure(
+            self.failed_auth_per_ip_per_minute > 0,
+            &format!("{at}.failed_auth_per_ip_per_minute"),
+            "must be greater than 0",
+        )?;
+        all_nonzero(
+            at,
+            &[
+                ("key_cache_ttl", self.key_cache_ttl),
+                ("upstream_connect_timeout", self.upstream_connect_timeout),
+                ("upstream_idle_timeout", self.upstream_idle_timeout),
+                ("request_header_timeout", self.request_header_timeout),
+            ],
+        )
+    }
+}
+
+/// The shape of an argon2id PHC string: `$argon2id$v=19$m=<n>,t=<n>,p=<n>$<salt>$<hash>`,
+/// salt and hash in unpadded standard base64. Whether argon2 accepts the values is for the gateway.
+fn argon2id_phc(phc: &str) -> bool {
+    let b64 = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    };
+    let params_ok = |s: &str| {
+        let mut names = s.split(',').map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) => k,
+            _ => "",
+        });
+        names.by_ref().take(3).eq(["m", "t", "p"]) && names.next().is_none()
+    };
+    match phc.split('$').collect::<Vec<_>>()[..] {
+        ["", "argon2id", "v=19", params, salt, hash] => params_ok(params) && b64(salt) && b64(hash),
+        _ => false,
+    }
+}
+
+/// Dot-separated labels of `[A-Za-z0-9-]`, 1..=63 bytes each, not starting or ending with '-';
+/// with `wildcard`, the first label may be `*`.
+fn dns_name(name: &str, wildcard: bool) -> bool {
+    let name = match name.strip_prefix("*.") {
+        Some(rest) if wildcard => rest,
+        _ => name,
+    };
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Scheme must be `ws` or `wss`; the authority must name a host and, if given, a valid port.
+/// (The same rule as the agent's relay URLs.)
+fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
+    let rest = url
+        .strip_prefix("wss://")
+        .or_else(|| url.strip_prefix("ws://"))
+        .ok_or_else(|| ConfigError::invalid(field, "must start with ws:// or wss://"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => (host, Some(tail.strip_prefix(':').unwrap_or(tail))),
+            None => ("", None),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let host_ok = !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c == '@');
+    ensure(host_ok, field, "must name a host")?;
+    ensure(
+        port.is_none_or(|p| p.parse::<u16>().is_ok()),
+        field,
+        "has an invalid port",
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use base64::{engine::general_purpose::STANDARD, Engine as _};
+
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
+    /// A valid gateway file (plain loopback listener) with `extra` appended.
+    fn parse(extra: &str) -> Result<GatewayConfig, ConfigError> {
+        let text = format!(
+            "relays = [\"wss://relay.example.com/v1/tunnel\"]\n\
+             identity_key_file = \"id.key\"\ngrant_file = \"dial.tok\"\n\
+             [listen]\nhttp = \"127.0.0.1:8080\"\n{extra}\n"
+        );
+        parse_gateway(&text, "gateway.toml")
+    }
+
+    fn field(extra: &str) -> String {
+        match parse(extra) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid for {extra:?}, got {other:?}"),
+        }
+    }
+
+    fn api_key(body: &str) -> String {
+        format!("[[api_key]]\nhash = \"{HASH}\"\nname = \"ci\"\nleases = [\"*\"]\n{body}")
+    }
+
+    #[test]
+    fn defaults() {
+        let cfg = parse("").unwrap();
+        let limits = &cfg.limits;
+        assert_eq!(*limits, GatewayLimits::default());
+        assert_eq!(limits.max_request_body_bytes, 64 * 1024 * 1024);
+        assert_eq!(limits.max_header_bytes, 64 * 1024);
+        assert_eq!(limits.key_cache_ttl, Duration::from_secs(300));
+        assert_eq!(limits.key_cache_max_entries, 10_000);
+        assert_eq!(limits.failed_auth_per_ip_per_minute, 30);
+        assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
+        assert!(cfg.base_domain.is_none() && cfg.leases.is_empty() && cfg.api_keys.is_empty());
+        assert_eq!(cfg.ip, IpPolicy::default());
+    }
+
+    #[test]
+    fn keys_leases_and_ip_lists_parse() {
+        let owner = STANDARD.encode([5u8; 32]);
+        let cfg = parse(&format!(
+            "[ip]\ndeny = [\"10.0.0.0/8\"]\n\
+             [[lease]]\nname = \"my-mcp\"\nowner_identity = \"{owner}\"\nalpn = [\"h2\"]\n{}",
+            api_key(
+                "id = \"abcd1234\"\nscopes = [\"read\"]\nexpires_at = 1700000000\n\
+                 allow_ips = [\"192.168.0.0/16\", \"::1/128\"]"
+            )
+        ))
+        .unwrap();
+        assert_eq!(cfg.ip.deny, vec!["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(cfg.leases[0].owner_identity_bytes(), Some([5u8; 32]));
+        let key = &cfg.api_keys[0];
+        assert_eq!(key.scopes, vec![Scope::Read]);
+        assert_eq!(key.expires_at, Some(1_700_000_000));
+        assert_eq!(key.allow_ips.len(), 2);
+        let default_scope = parse(&api_key("id = \"abcd1234\"")).unwrap();
+        assert_eq!(default_scope.api_keys[0].scopes, vec![Scope::Write]);
+    }
+
+    #[test]
+    fn each_rule_names_its_field() {
+        let owner = STANDARD.encode([5u8; 32]);
+        let lease = |body: &str| format!("[[lease]]\nowner_identity = \"{owner}\"\n{body}");
+        let cases = [
+            (
+                "[limits]\nkey_cache_ttl = \"0s\"",
+                "limits.key_cache_ttl".to_owned(),
+            ),
+            (
+                "[limits]\nfailed_auth_per_ip_per_minute = 0",
+                "limits.failed_auth_per_ip_per_minute".into(),
+            ),
+            (
+                "[limits]\nmax_header_bytes = 0",
+                "limits.max_header_bytes".into(),
+            ),
+            (
+                "[[listen.tls]]\ncert = \"\"\nkey = \"k\"",
+                "listen.tls[0].cert".into(),
+            ),
+            (
+                "[[listen.tls]]\ncert = \"c\"\nkey = \"k\"\nserver_names = [\"a..b\"]",
+                "listen.tls[0].server_names[0]".into(),
+            ),
+            (
+                &["[[listen.tls]]\ncert = \"c\"\nkey = \"k\""; 2].join("\n"),
+                "listen.tls[1].server_names".into(),
+            ),
+            (&lease("name = \"a b\""), "lease[0].name".into()),
+            (
+                &lease("name = \"a\"\nalpn = [\"\"]"),
+                "lease[0].alpn[0]".into(),
+            ),
+            (
+                "[[lease]]\nname = \"a\"\nowner_identity = \"AAAA\"",
+                "lease[0].owner_identity".into(),
+            ),
+            (
+                &format!("{}\n{}", lease("name = \"a\""), lease("name = \"a\"")),
+                "lease[1].name".into(),
+            ),
+            (&api_key("id = \"short\""), "api_key[0].id".into()),
+            (&api_key("id = \"UPPERCASE1\""), "api_key[0].id".into()),
+            (
+                &format!(
+                    "{}\n{}",
+                    api_key("id = \"abcd1234\""),
+                    api_key("id = \"abcd1234\"")
+                ),
+                "api_key[1].id".into(),
+            ),
+            (
+                &api_key("id = \"abcd1234\"\nscopes = []"),
+                "api_key[0].scopes".into(),
+            ),
+        ];
+        for (extra, expected) in cases {
+            assert_eq!(field(extra), expected, "{extra}");
+        }
+        let mut cfg = parse(&api_key("id = \"abcd1234\"")).unwrap();
+        for domain in ["-bad.example", "a..b", "gw.example.com:443", ""] {
+            cfg.base_domain = Some(domain.into());
+            assert_eq!(cfg.validate().unwrap_err().field(), Some("base_domain"));
+        }
+        cfg.base_domain = Some("GW.example.com".into());
+        cfg.validate().unwrap();
+        for bad in [
+            "$argon2i$v=19$m=8,t=1,p=1$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=8,t=1$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=8,t=1,p=1,x=2$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=8,t=one,p=1$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=8,t=1,p=1$$aGFzaA",
+            "$argon2id$v=19$m=8,t=1,p=1$c2FsdA$aGFz=aA",
+            "$argon2id$nope",
+        ] {
+            cfg.api_keys[0].hash = bad.into();
+            let err = cfg.validate().unwrap_err();
+            assert_eq!(err.field(), Some("api_key[0].hash"), "{bad}");
+        }
+        cfg.api_keys[0].hash = HASH.into();
+        cfg.api_keys[0].leases.clear();
+        assert_eq!(
+            cfg.validate().unwrap_err().field(),
+            Some("api_key[0].leases")
+        );
+        cfg.api_keys[0].leases = vec!["a/b".into()];
+        assert_eq!(
+            cfg.validate().unwrap_err().field(),
+            Some("api_key[0].leases[0]")
+        );
+    }
+
+    #[test]
+    fn listeners_are_checked() {
+        let mut cfg = parse("").unwrap();
+        cfg.listen.http = Some("0.0.0.0:8080".parse().unwrap());
+        assert_eq!(cfg.validate().unwrap_err().field(), Some("listen.http"));
+        cfg.listen.http = Some("[::1]:8080".parse().unwrap());
+        cfg.validate().unwrap();
+        cfg.listen.https = Some("0.0.0.0:443".parse().unwrap());
+        assert_eq!(cfg.validate().unwrap_err().field(), Some("listen.tls"));
+        cfg.listen.tls.push(TlsCert {
+            cert: "c.pem".into(),
+            key: "k.pem".into(),
+            server_names: vec!["*.gw.example.com".into(), "gw.example.com".into()],
+        });
+        cfg.validate().unwrap();
+        cfg.listen.tls[0].server_names.push("GW.example.com".into());
+        let err = cfg.validate().unwrap_err();
+        assert_eq!(err.field(), Some("listen.tls[0].server_names[2]"));
+        cfg.listen = GatewayListen::default();
+        assert_eq!(cfg.validate().unwrap_err().field(), Some("listen"));
+    }
+
+    #[test]
+    fn relay_urls_are_checked() {
+        let mut cfg = parse("").unwrap();
+        for bad in ["http://relay", "wss://", "ws://h:99999"] {
+            cfg.relays = vec![bad.to_owned()];
+            assert_eq!(
+                cfg.validate().unwrap_err().field(),
+                Some("relays[0]"),
+                "{bad}"
+            );
+        }
+        cfg.relays = vec!["wss://a".into(), "wss://a".into()];
+        assert_eq!(cfg.validate().unwrap_err().field(), Some("relays[1]"));
+        cfg.relays.clear();
+        assert_eq!(cfg.validate().unwrap_err().field(), Some("relays"));
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_values_rejected() {
+        for extra in [
+            "bogus = 1",
+            "[limits]\nmax_body = 5",
+            "[ip]\nallow = [\"not-a-cidr\"]",
+            &api_key("id = \"abcd1234\"\nscopes = [\"admin\"]"),
+            &api_key("id = \"abcd1234\"\nsecret = \"x\""),
+        ] {
+            assert!(
+                matches!(parse(extra), Err(ConfigError::Parse { .. })),
+                "{extra}"
+            );
+        }
+    }
+
+    #[test]
+    fn example_parses_and_round_trips() {
+        let cfg = parse_gateway(include_str!("../examples/gateway.toml"), "gateway.toml").unwrap();
+        assert_eq!(cfg.api_keys.len(), 2);
+        assert_eq!(cfg.base_domain.as_deref(), Some("gw.example.com"));
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(parse_gateway(&text, "again").unwrap(), cfg);
+    }
+
+    #[test]
+    fn loads_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, include_str!("../examples/gateway.toml")).unwrap();
+        assert_eq!(load_gateway(&path).unwrap().leases[0].name, "my-mcp");
+        let missing = dir.path().join("nope.toml");
+        assert!(matches!(
+            load_gateway(&missing),
+            Err(ConfigError::Io { .. })
+        ));
+    }
+}

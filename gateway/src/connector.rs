@@ -1,0 +1,88 @@
+//! The upstream seam: Pingora's custom L4 connector, backed by the SDK's [`Dialer`].
+//!
+//! Every upstream connection Pingora asks for becomes a new inner stream of the per-lease E2EE
+//! session — no relay round trip and no handshake once the session is up. Pingora 0.9.1 never
+//! reuses a virtual upstream stream (cloudflare/pingora#883: its reuse check calls
+//! `getpeername(-1)`), so the peer's idle timeout is zero and the stream closes when the
+//! request is done; this is why a new upstream connection has to be this cheap.
+//!
+//! The responder is pinned: [`LeaseTarget::owner_identity`] comes from the gateway's config
+//! (the control plane's record), never from the relay.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use pingora::connectors::L4Connect;
+use pingora::protocols::l4::socket::SocketAddr;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora::{Error, ErrorType};
+use postern_sdk::mux::MuxStream;
+use postern_sdk::{Dialer, LeaseTarget};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// An inner E2EE stream as Pingora's virtual socket.
+#[derive(Debug)]
+struct TunnelSocket(MuxStream);
+
+impl AsyncRead for TunnelSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl VirtualSocket for TunnelSocket {
+    /// Pingora sets TCP_NODELAY/keepalive on every upstream; the real sockets underneath (to
+    /// the relay) already have both, so there is nothing to do — and an error would fail the
+    /// connect.
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Connects Pingora to one lease.
+#[derive(Debug)]
+pub struct TunnelConnector {
+    pub dialer: Dialer,
+    pub target: LeaseTarget,
+}
+
+#[async_trait]
+impl L4Connect for TunnelConnector {
+    async fn connect(&self, _addr: &SocketAddr) -> pingora::Result<Stream> {
+        let stream = self.dialer.dial(&self.target).await.map_err(|e| {
+            Error::because(
+                ErrorType::ConnectError,
+                format!("dialing lease {}", self.target.lease),
+                e,
+            )
+        })?;
+        Ok(Stream::from(VirtualSocketStream::new(Box::new(
+            TunnelSocket(stream),
+        ))))
+    }
+}

@@ -1,0 +1,352 @@
+//! The request path, phase by phase: this `impl ProxyHttp` is the table of contents of a
+//! request through the gateway.
+//!
+//! 1. `request_filter`: request id → health endpoints → client IP policy → authenticate (API
+//!    key) → route (which lease) → authorize (lease ACL, scope, per-key IPs) → body limit.
+//!    Any refusal is answered here with an RFC 9457 problem and the request ends.
+//! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
+//!    E2EE session.
+//! 3. `upstream_request_filter`: forwarding headers; the caller's API key never leaves.
+//! 4. `response_filter`: the request id goes back to the caller.
+//! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
+
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+
+use crate::connector::TunnelConnector;
+use crate::problem::Problem;
+use crate::state::GatewayState;
+use crate::{acl, auth, route};
+
+/// Everything known about one request, filled in phase by phase.
+#[derive(Debug, Default)]
+pub struct RequestCtx {
+    pub request_id: String,
+    pub client_ip: Option<IpAddr>,
+    pub lease: Option<String>,
+    pub key_id: Option<String>,
+    pub original_host: Option<String>,
+    pub body_bytes: u64,
+}
+
+/// The gateway's proxy logic.
+pub struct GatewayProxy {
+    pub state: Arc<GatewayState>,
+}
+
+fn request_id(session: &Session) -> String {
+    session
+        .req_header()
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let bytes: [u8; 16] = rand::random();
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        })
+}
+
+/// Answers the request with a problem document and ends it.
+async fn respond(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    problem: Problem,
+) -> pingora::Result<bool> {
+    let body = problem.body(&ctx.request_id);
+    let mut resp = ResponseHeader::build(problem.status(), Some(4))?;
+    for (name, value) in problem.headers() {
+        resp.insert_header(name, value)?;
+    }
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.set_content_length(body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    Ok(true)
+}
+
+async fn plain(session: &mut Session, status: u16, body: &'static str) -> pingora::Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(2))?;
+    resp.insert_header("content-type", "text/plain")?;
+    resp.set_content_length(body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl ProxyHttp for GatewayProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> Self::CTX {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<bool> {
+        let state = &self.state;
+        ctx.request_id = request_id(session);
+        ctx.client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match session.req_header().uri.path() {
+            "/healthz" => return plain(session, 200, "ok\n").await,
+            "/readyz" => {
+                return match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    state.dialer.check_relay(),
+                )
+                .await
+                {
+                    Ok(Ok(())) => plain(session, 200, "ready\n").await,
+                    _ => respond(session, ctx, Problem::ServiceUnavailable).await,
+                };
+            }
+            _ => {}
+        }
+        let Some(ip) = ctx.client_ip else {
+            return respond(session, ctx, Problem::Forbidden).await;
+        };
+        if !acl::ip_allowed(&state.config.ip, ip) {
+            return respond(session, ctx, Problem::Forbidden).await;
+        }
+
+        // Authenticate before anything about leases is revealed.
+        if let Err(e) = state.keys.check_ip_allowed_to_try(ip) {
+            return respond(session, ctx, auth_problem(&e)).await;
+        }
+        let presented = match auth::KeyStore::extract(&session.req_header().headers) {
+            Ok(Some(key)) => key.to_owned(),
+            Ok(None) | Err(_) => return respond(session, ctx, Problem::Unauthorized).await,
+        };
+        let key = match state
+            .keys
+            .verify(&presented, postern_sdk::grant::unix_now())
+            .await
+        {
+            Ok(key) => key,
+            Err(e) => {
+                state.keys.record_failure(ip);
+                return respond(session, ctx, auth_problem(&e)).await;
+            }
+        };
+        ctx.key_id = Some(key.id.clone());
+
+        let header = session.req_header();
+        let host = header
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| header.uri.authority().map(|a| a.as_str()))
+            .map(str::to_owned);
+        let path_and_query = header
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".to_owned());
+        let routed = match route::route(
+            &path_and_query,
+            host.as_deref(),
+            state.config.base_domain.as_deref(),
+        ) {
+            Ok(r) if state.leases.contains_key(&r.lease) => r,
+            _ => return respond(session, ctx, Problem::NotFound).await,
+        };
+        let method = session.req_header().method.clone();
+        if acl::authorize(&key, &routed.lease, &method, ip, &state.config.ip).is_err() {
+            return respond(session, ctx, Problem::Forbidden).await;
+        }
+        let too_big = session
+            .req_header()
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|n| n > state.config.limits.max_request_body_bytes);
+        if too_big {
+            return respond(session, ctx, Problem::PayloadTooLarge).await;
+        }
+        let uri = routed
+            .upstream_path_and_query
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
+        session.req_header_mut().set_uri(uri);
+        ctx.original_host = host;
+        ctx.lease = Some(routed.lease);
+        Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        if let Some(chunk) = body {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > self.state.config.limits.max_request_body_bytes {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let lease = ctx
+            .lease
+            .as_deref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no lease routed"))?;
+        let target = self
+            .state
+            .leases
+            .get(lease)
+            .cloned()
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "unknown lease"))?;
+        // A numeric placeholder address (HttpPeer::new resolves and unwraps); the lease goes
+        // into the pool key so that two leases can never share an upstream connection.
+        let mut peer = HttpPeer::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            false,
+            String::new(),
+        );
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        lease.hash(&mut hasher);
+        peer.group_key = hasher.finish();
+        let limits = &self.state.config.limits;
+        // Virtual streams are never reused by Pingora 0.9.1: close them at once.
+        peer.options.idle_timeout = Some(Duration::ZERO);
+        peer.options.total_connection_timeout = Some(limits.upstream_connect_timeout);
+        // SSE and WebSocket are bounded by idle time, not total time.
+        peer.options.read_timeout = Some(limits.upstream_idle_timeout);
+        peer.options.write_timeout = Some(limits.upstream_idle_timeout);
+        peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
+            dialer: self.state.dialer.clone(),
+            target,
+        }));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        // The caller's credentials are for the gateway only.
+        upstream.remove_header("x-api-key");
+        let bearer = upstream
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("bearer pst_")
+            });
+        if bearer {
+            upstream.remove_header("authorization");
+        }
+        if let Some(ip) = ctx.client_ip {
+            let forwarded = match upstream
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(prev) => format!("{prev}, {ip}"),
+                None => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", forwarded)?;
+        }
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
+        if let Some(host) = &ctx.original_host {
+            upstream.insert_header("x-forwarded-host", host.as_str())?;
+        }
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy {
+        let problem = match e.etype() {
+            ErrorType::HTTPStatus(413) => Problem::PayloadTooLarge,
+            ErrorType::HTTPStatus(404) => Problem::NotFound,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Problem::GatewayTimeout
+            }
+            _ => match e.esource() {
+                pingora::ErrorSource::Downstream => Problem::BadRequest,
+                _ => Problem::BadGateway,
+            },
+        };
+        tracing::info!(request_id = %ctx.request_id, lease = ?ctx.lease, error = %e, "proxy failed");
+        let status = problem.status();
+        let _ = respond(session, ctx, problem).await;
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        tracing::info!(
+            request_id = %ctx.request_id,
+            lease = ?ctx.lease,
+            key = ?ctx.key_id,
+            status,
+            error = ?e.map(|e| e.to_string()),
+            "request"
+        );
+    }
+}
+
+fn auth_problem(e: &auth::AuthError) -> Problem {
+    match e {
+        auth::AuthError::TooManyFailures { retry_after } => Problem::TooManyRequests {
+            retry_after_secs: retry_after.as_secs().max(1),
+        },
+        _ => Problem::Unauthorized,
+    }
+}

@@ -1,0 +1,93 @@
+//! The listeners: Pingora's HTTP proxy service with HTTPS (rustls; several certificates chosen
+//! by SNI; HTTP/1.1 and HTTP/2 by ALPN) and an optional plain HTTP listener for loopback.
+//!
+//! Certificates are loaded and checked here, with errors naming the file, before anything is
+//! handed to Pingora (whose `TlsSettings::build` panics on bad files).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pingora::listeners::tls::TlsSettings;
+use pingora::server::configuration::ServerConf;
+use pingora::services::Service as _;
+use postern_config::TlsCert;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+
+use crate::proxy::GatewayProxy;
+use crate::state::GatewayState;
+use crate::GatewayError;
+
+/// Picks a certificate by SNI; the first configured one is the default.
+#[derive(Debug)]
+struct SniResolver {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let chosen = hello
+            .server_name()
+            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
+            .unwrap_or(&self.default);
+        Some(Arc::clone(chosen))
+    }
+}
+
+fn load_cert(tls: &TlsCert) -> Result<Arc<CertifiedKey>, GatewayError> {
+    let err = |path: &std::path::Path, e: &dyn std::fmt::Display| {
+        GatewayError::Tls(format!("{}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| err(&tls.cert, &e))?;
+    if certs.is_empty() {
+        return Err(err(&tls.cert, &"no certificate in file"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| err(&tls.key, &e))?;
+    let signer =
+        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| err(&tls.key, &e))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signer)))
+}
+
+/// TLS settings with every configured certificate, validated.
+pub fn tls_settings(certs: &[TlsCert]) -> Result<TlsSettings, GatewayError> {
+    let mut by_name = HashMap::new();
+    let mut default = None;
+    for tls in certs {
+        let key = load_cert(tls)?;
+        for name in &tls.server_names {
+            by_name.insert(name.to_ascii_lowercase(), Arc::clone(&key));
+        }
+        default.get_or_insert(key);
+    }
+    let default = default.ok_or_else(|| GatewayError::Tls("no certificate configured".into()))?;
+    let mut settings =
+        TlsSettings::intermediate("", "").map_err(|e| GatewayError::Tls(e.to_string()))?;
+    settings.set_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    settings.enable_h2();
+    Ok(settings)
+}
+
+/// Runs the gateway's listeners until `shutdown` turns true.
+pub async fn serve(
+    state: Arc<GatewayState>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    let listen = state.config.listen.clone();
+    let conf = Arc::new(ServerConf::default());
+    let mut service = pingora::proxy::http_proxy_service(&conf, GatewayProxy { state });
+    if let Some(addr) = listen.http {
+        service.add_tcp(&addr.to_string());
+    }
+    if let Some(addr) = listen.https {
+        let settings = tls_settings(&listen.tls)?;
+        service.add_tls_with_settings(&addr.to_string(), None, settings);
+    }
+    service.start_service(None, shutdown, 1).await;
+    Ok(())
+}

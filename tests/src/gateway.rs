@@ -1,0 +1,175 @@
+//! A real gateway for the tests: Pingora with TLS (a self-signed certificate the client
+//! trusts) and a plain loopback listener, dialing leases through the test net's relay.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use postern_gateway::state::GatewayState;
+use postern_sdk::protocol::permission;
+use postern_sdk::Identity;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::sync::watch;
+
+use crate::TestNet;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A running gateway.
+pub struct TestGateway {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    /// An API key allowed on every lease.
+    pub api_key: String,
+    pub state: Arc<GatewayState>,
+    pub ca: CertificateDer<'static>,
+    _shutdown: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One `[[api_key]]` entry; returns the TOML and the key to present.
+pub fn api_key_toml(id: &str, leases: &str, extra: &str) -> (String, String) {
+    let (key, key_id, phc) = postern_gateway::auth::generate(id.len()).unwrap();
+    // `generate` picks its own id: use it.
+    let _ = id;
+    (
+        format!(
+            "[[api_key]]\nid = \"{key_id}\"\nhash = \"{phc}\"\nname = \"test\"\nleases = [{leases}]\n{extra}\n"
+        ),
+        key,
+    )
+}
+
+impl TestGateway {
+    /// Starts a gateway serving `leases` (name, owner) with `extra_keys` TOML appended.
+    pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let me = Identity::generate();
+        let key_file = dir.path().join("gateway.key");
+        me.save(&key_file).unwrap();
+        let grant_file = dir.path().join("dial.grants");
+        std::fs::write(
+            &grant_file,
+            postern_sdk::grant::to_file_text(&[net.grant(
+                &me,
+                "*",
+                permission::DIAL,
+                std::time::Duration::from_secs(3600),
+            )]),
+        )
+        .unwrap();
+        let cert = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_string(),
+            "localhost".to_string(),
+        ])
+        .unwrap();
+        let cert_path = dir.path().join("gw.crt");
+        let key_path = dir.path().join("gw.key");
+        std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        let (api_toml, api_key) = api_key_toml("all", "\"*\"", "");
+        let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut toml = format!(
+            "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{key}\"\ngrant_file = \"{grants}\"\nbase_domain = \"gw.test\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{tkey}\"\nserver_names = [\"localhost\"]\n\n{api_toml}\n{extra_toml}\n",
+            relay = net.relay_addr,
+            key = key_file.display(),
+            grants = grant_file.display(),
+            cert = cert_path.display(),
+            tkey = key_path.display(),
+        );
+        for (name, owner) in leases {
+            toml.push_str(&format!(
+                "[[lease]]\nname = \"{name}\"\nowner_identity = \"{}\"\n\n",
+                owner.public_base64()
+            ));
+        }
+        let config =
+            postern_config::parse_gateway(&toml, "test").unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let state = Arc::new(GatewayState::load(config).unwrap());
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
+        // Wait for both listeners.
+        for addr in [https, http] {
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        Self {
+            https,
+            http,
+            api_key,
+            state,
+            ca: cert.cert.der().clone(),
+            _shutdown: tx,
+            _dir: dir,
+        }
+    }
+
+    fn tls_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        let mut cfg = rustls::ClientConfig::builder_with_provider(postern_sdk::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    async fn tls(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let tcp = tokio::net::TcpStream::connect(self.https).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tokio_rustls::TlsConnector::from(self.tls_config(alpn))
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap()
+    }
+
+    /// An HTTPS HTTP/1.1 connection.
+    pub async fn h1(&self) -> hyper::client::conn::http1::SendRequest<Body> {
+        crate::http1_client(self.tls(&[b"http/1.1"]).await).await
+    }
+
+    /// An HTTPS HTTP/2 connection.
+    pub async fn h2(&self) -> hyper::client::conn::http2::SendRequest<Body> {
+        let tls = self.tls(&[b"h2"]).await;
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        sender
+    }
+
+    /// A plain HTTP/1.1 connection to the loopback listener.
+    pub async fn plain(&self) -> hyper::client::conn::http1::SendRequest<Body> {
+        crate::http1_client(tokio::net::TcpStream::connect(self.http).await.unwrap()).await
+    }
+}
+
+/// A request with the gateway API key in the Authorization header.
+pub fn authed(method: http::Method, uri: &str, key: &str, body: Body) -> http::Request<Body> {
+    http::Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(http::header::HOST, "localhost")
+        .header(http::header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(body)
+        .unwrap()
+}

@@ -1,0 +1,203 @@
+//! The gateway end to end: caller → gateway (TLS, Pingora) → relay → expose → origin.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::{Method, StatusCode};
+use postern_tests::gateway::{authed, TestGateway};
+use postern_tests::*;
+
+fn empty() -> http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error> {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_and_post_through_the_gateway_over_http1_and_http2() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
+
+    let mut h1 = gw.h1().await;
+    let resp = send(
+        &mut h1,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("x-request-id"));
+    assert_eq!(body_bytes(resp).await, "hello from origin");
+    let resp = send(
+        &mut h1,
+        authed(
+            Method::POST,
+            "/peer/web/echo",
+            &gw.api_key,
+            streaming_body(100_000),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(check_pattern_body(resp).await, 100_000);
+
+    let mut h2 = gw.h2().await;
+    let req = http::Request::builder()
+        .method(Method::GET)
+        .uri(format!(
+            "https://localhost:{}/peer/web/hello",
+            gw.https.port()
+        ))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", gw.api_key),
+        )
+        .body(empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, "hello from origin");
+
+    // Host routing: {lease}.{base_domain}, X-API-Key header.
+    let mut h1 = gw.h1().await;
+    let req = http::Request::get("/hello")
+        .header(http::header::HOST, "web.gw.test")
+        .header("x-api-key", gw.api_key.as_str())
+        .body(empty())
+        .unwrap();
+    let resp = send(&mut h1, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_problem_documents() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let _other = net.expose("other", origin).await;
+    let (restricted, restricted_key) = postern_tests::gateway::api_key_toml("x", "\"other\"", "");
+    let (expired, expired_key) =
+        postern_tests::gateway::api_key_toml("x", "\"*\"", "expires_at = 1000");
+    let (_down_owner, down_listener) = net.listen("down").await;
+    drop(down_listener);
+    let down_owner = postern_sdk::Identity::generate();
+    let gw = TestGateway::start(
+        &net,
+        &[("web", &owner), ("down", &down_owner)],
+        &format!("{restricted}\n{expired}"),
+    )
+    .await;
+    let mut c = gw.plain().await;
+
+    let no_key = http::Request::get("/peer/web/hello")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    let resp = send(&mut c, no_key).await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let body = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    assert!(
+        body.contains("\"status\":401") && body.contains("request_id"),
+        "{body}"
+    );
+
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(
+            Method::GET,
+            "/peer/web/hello",
+            "pst_nosuchkey_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            empty(),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &restricted_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &expired_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    // Unknown lease: 404 for an authenticated caller, 401 for anyone else.
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/nope/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let mut c = gw.plain().await;
+    let anon = http::Request::get("/peer/nope/hello")
+        .header("host", "localhost")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&mut c, anon).await.status(), StatusCode::UNAUTHORIZED);
+
+    // Lease configured but its owner is offline: 502.
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/down/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_keys_never_reach_argon2() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(
+        &net,
+        &[("web", &owner)],
+        "[limits]\nfailed_auth_per_ip_per_minute = 100000\n",
+    )
+    .await;
+    let before = gw.state.keys.argon2_verifications();
+    let mut c = gw.plain().await;
+    for i in 0..2_000u32 {
+        let junk = if i % 2 == 0 {
+            format!("pst_{:016x}_{}", rand::random::<u64>(), "B".repeat(40))
+        } else {
+            format!("garbage-{i}")
+        };
+        let resp = send(
+            &mut c,
+            authed(Method::GET, "/peer/web/hello", &junk, empty()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let _ = body_bytes(resp).await;
+        if i % 100 == 99 {
+            c = gw.plain().await;
+        }
+    }
+    assert_eq!(
+        gw.state.keys.argon2_verifications(),
+        before,
+        "no argon2 for unknown or malformed keys"
+    );
+    // A valid key costs one argon2 run, then the cache answers.
+    for _ in 0..5 {
+        let mut c = gw.plain().await;
+        let resp = send(
+            &mut c,
+            authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(gw.state.keys.argon2_verifications(), before + 1);
+}
