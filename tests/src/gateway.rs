@@ -131,6 +131,14 @@ impl TestGateway {
         Arc::new(cfg)
     }
 
+    /// A TLS connection to the HTTPS listener offering `alpn`.
+    pub async fn tls_stream(
+        &self,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        self.tls(alpn).await
+    }
+
     async fn tls(&self, alpn: &[&[u8]]) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
         let tcp = tokio::net::TcpStream::connect(self.https).await.unwrap();
         tcp.set_nodelay(true).unwrap();
