@@ -201,3 +201,77 @@ async fn invalid_keys_never_reach_argon2() {
     }
     assert_eq!(gw.state.keys.argon2_verifications(), before + 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_ip_policy_and_malformed_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    // A key that may only be used from 10.0.0.0/8: loopback callers are refused.
+    let (far, far_key) =
+        postern_tests::gateway::api_key_toml("x", "\"*\"", "allow_ips = [\"10.0.0.0/8\"]");
+    let gw = TestGateway::start(&net, &[("web", &owner)], &far).await;
+
+    let mut c = gw.plain().await;
+    let resp = send(&mut c, get("/healthz")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut c = gw.plain().await;
+    let resp = send(&mut c, get("/readyz")).await;
+    assert_eq!(resp.status(), StatusCode::OK, "the relay is reachable");
+
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &far_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // Raw bytes a real client would never send; each gets a 4xx or a closed connection.
+    let huge_header = format!(
+        "GET /peer/web/hello HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        b"NOT A REQUEST LINE\r\n\r\n".to_vec(),
+        b"GET /peer/\xff\xfe/hello HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        huge_header.into_bytes(),
+        b"GET / HTTP/9.9\r\nHost: localhost\r\n\r\n".to_vec(),
+    ];
+    for raw in cases {
+        let mut tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+        let _ = tcp.write_all(&raw).await;
+        // Read until a status line or the end of the connection, whichever comes first.
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while !out.windows(2).any(|w| w == b"\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(
+            answered.is_ok(),
+            "the gateway must answer or close: {:?}",
+            String::from_utf8_lossy(&raw[..raw.len().min(60)])
+        );
+        let text = String::from_utf8_lossy(&out);
+        assert!(
+            out.is_empty() || text.starts_with("HTTP/1.1 4"),
+            "{}",
+            &text[..text.len().min(200)]
+        );
+    }
+    // The gateway is still serving.
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
