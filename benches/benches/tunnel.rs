@@ -471,9 +471,15 @@ fn rss_result(opened: usize, before: (u64, u64), after: (u64, u64)) -> Rss {
     }
 }
 
-/// Opens `k` inner streams, each with one completed GET, keeps them idle and reads both
-/// processes' RSS before and after.
-async fn measure_idle_streams(path: &Route, pids: (u32, u32), k: usize, budget: Duration) -> Rss {
+/// Opens `k` inner streams, keeps them idle and reads both processes' RSS: before, after
+/// dialing them (HTTP/1.1 client ready, nothing sent yet) and after one completed GET on each.
+/// Returns (after the GET, dialed only).
+async fn measure_idle_streams(
+    path: &Route,
+    pids: (u32, u32),
+    k: usize,
+    budget: Duration,
+) -> (Rss, Rss) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = (rss(pids.0), rss(pids.1));
     let deadline = Instant::now() + budget;
@@ -482,7 +488,20 @@ async fn measure_idle_streams(path: &Route, pids: (u32, u32), k: usize, budget: 
             if Instant::now() >= deadline {
                 return None;
             }
-            let mut s = path.connect().await;
+            Some(path.connect().await)
+        })
+        .buffer_unordered(16)
+        .filter_map(|s| async move { s })
+        .collect()
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let dialed = (rss(pids.0), rss(pids.1));
+    let dialed = rss_result(senders.len(), before, dialed);
+    let senders: Vec<Sender> = futures::stream::iter(senders)
+        .map(|mut s| async move {
+            if Instant::now() >= deadline {
+                return None;
+            }
             request(&mut s, "/hello").await;
             Some(s)
         })
@@ -495,7 +514,7 @@ async fn measure_idle_streams(path: &Route, pids: (u32, u32), k: usize, budget: 
     let r = rss_result(senders.len(), before, after);
     drop(senders);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    r
+    (r, dialed)
 }
 
 /// Opens `k` separate spliced relay streams (one E2EE session each, handshake done) on one
@@ -813,7 +832,8 @@ fn main() {
         // Memory first, on fresh processes, so freed memory from the load tests cannot hide
         // the cost of new streams.
         step(&format!("{} idle inner streams", s.idle_streams));
-        let idle = measure_idle_streams(&postern, pids, s.idle_streams, s.open_budget).await;
+        let (idle, idle_dialed) =
+            measure_idle_streams(&postern, pids, s.idle_streams, s.open_budget).await;
         let splices = if s.splices > 0 {
             step(&format!("{} idle spliced sessions", s.splices));
             Some(
@@ -989,10 +1009,16 @@ fn main() {
             hs.responder_wall_us
         );
         println!(
-            "idle inner streams: RSS delta relay {:+} KiB, agent {:+} KiB over {} streams",
+            "idle inner streams: RSS delta relay {:+} KiB, agent {:+} KiB over {} streams \
+             (after dialing, before any request: relay {:+} KiB, agent {:+} KiB = {:.2} / {:.2} \
+             KiB per stream)",
             idle.relay_delta / 1024,
             idle.agent_delta / 1024,
-            idle.opened
+            idle.opened,
+            idle_dialed.relay_delta / 1024,
+            idle_dialed.agent_delta / 1024,
+            idle_dialed.relay_per / 1024.0,
+            idle_dialed.agent_per / 1024.0,
         );
         if let Some(sp) = &splices {
             println!(

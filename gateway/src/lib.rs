@@ -13,6 +13,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod state;
+pub mod up;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
