@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{all_nonzero, all_positive, ensure, key32};
+use crate::check::{all_nonzero, all_positive, check_ws_url, ensure, key32};
 use crate::ConfigError;
 
 const MAX_NAME_CHARS: usize = 63;
@@ -158,33 +158,6 @@ impl AgentConfig {
             .filter_map(|k| key32("", k).ok())
             .collect()
     }
-}
-
-/// Scheme must be `ws` or `wss`; the authority must name a host and, if given, a valid port.
-fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("wss://")
-        .or_else(|| url.strip_prefix("ws://"))
-        .ok_or_else(|| ConfigError::invalid(field, "must start with ws:// or wss://"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((host, "")) => (host, None),
-            Some((host, tail)) => (host, Some(tail.strip_prefix(':').unwrap_or(tail))),
-            None => ("", None),
-        },
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let host_ok = !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c == '@');
-    ensure(host_ok, field, "must name a host")?;
-    ensure(
-        port.is_none_or(|p| p.parse::<u16>().is_ok()),
-        field,
-        "has an invalid port",
-    )
 }
 
 impl LeaseConfig {

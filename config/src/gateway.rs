@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{all_nonzero, all_positive, ensure, key32};
+use crate::check::{all_nonzero, all_positive, check_ws_url, ensure, key32};
 use crate::ConfigError;
 
 /// RFC 7301: a protocol id is 1..=255 bytes.
@@ -178,19 +178,12 @@ impl Default for GatewayLimits {
 
 /// Reads, parses and validates a gateway configuration file.
 pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_gateway(&text, &path.display().to_string())
+    parse_gateway(&crate::load::read(path)?, &path.display().to_string())
 }
 
 /// Parses and validates gateway configuration text; `origin` names it in errors.
 pub fn parse_gateway(text: &str, origin: &str) -> Result<GatewayConfig, ConfigError> {
-    let config: GatewayConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: origin.to_owned(),
-        message: e.to_string(),
-    })?;
+    let config: GatewayConfig = crate::load::parse(text, origin)?;
     config.validate()?;
     Ok(config)
 }
@@ -412,34 +405,6 @@ fn dns_name(name: &str, wildcard: bool) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
-}
-
-/// Scheme must be `ws` or `wss`; the authority must name a host and, if given, a valid port.
-/// (The same rule as the agent's relay URLs.)
-fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
-    let rest = url
-        .strip_prefix("wss://")
-        .or_else(|| url.strip_prefix("ws://"))
-        .ok_or_else(|| ConfigError::invalid(field, "must start with ws:// or wss://"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => match v6.split_once(']') {
-            Some((host, "")) => (host, None),
-            Some((host, tail)) => (host, Some(tail.strip_prefix(':').unwrap_or(tail))),
-            None => ("", None),
-        },
-        None => match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let host_ok = !host.is_empty() && !host.chars().any(|c| c.is_whitespace() || c == '@');
-    ensure(host_ok, field, "must name a host")?;
-    ensure(
-        port.is_none_or(|p| p.parse::<u16>().is_ok()),
-        field,
-        "has an invalid port",
-    )
 }
 
 #[cfg(test)]

@@ -30,14 +30,14 @@ pub fn parse_agent(text: &str, origin: &str) -> Result<AgentConfig, ConfigError>
     Ok(config)
 }
 
-fn read(path: &Path) -> Result<String, ConfigError> {
+pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
+pub(crate) fn parse<T: DeserializeOwned>(text: &str, origin: &str) -> Result<T, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         path: origin.to_owned(),
         message: e.to_string(),
