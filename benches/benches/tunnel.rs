@@ -30,7 +30,7 @@ use futures::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt;
 use hyper::client::conn::http1::SendRequest;
-use postern_benches::{locate_binaries, quantile, thread_cpu_ns, vm_rss_bytes};
+use postern_benches::{locate_binaries, newer_source_than, quantile, thread_cpu_ns, vm_rss_bytes};
 use postern_sdk::grant::{self, unix_now};
 use postern_sdk::noise::{Initiator, Responder, StaticKeypair};
 use postern_sdk::protocol::{permission, LeaseGrant, SignedGrant};
@@ -682,6 +682,16 @@ fn main() {
     println!("postern tunnel bench — {cpus} CPU(s), {cpu}");
     println!("  relay: {}", relay_bin.display());
     println!("  agent: {} expose", cli_bin.display());
+    for bin in [&relay_bin, &cli_bin] {
+        if let Some(src) = newer_source_than(bin) {
+            println!(
+                "  WARNING: {} is older than {}; rebuild with \
+                 `cargo build --release -p postern-relay -p postern-sdk`",
+                bin.display(),
+                src.display()
+            );
+        }
+    }
 
     // Handshake CPU first, while nothing else runs.
     let hs = measure_handshakes(s.handshakes);

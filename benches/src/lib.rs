@@ -56,6 +56,38 @@ pub fn locate_binaries() -> Result<(PathBuf, PathBuf), Vec<PathBuf>> {
     Err(dirs)
 }
 
+/// Whether a source file of the crates the binaries are built from (`sdk`, `relay`, `config`)
+/// is newer than `binary`: the binaries are then likely stale. Returns the newest such file.
+pub fn newer_source_than(binary: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(binary).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    let mut stack: Vec<PathBuf> = ["sdk", "relay", "config"]
+        .iter()
+        .flat_map(|c| [root.join(c).join("src"), root.join(c).join("Cargo.toml")])
+        .collect();
+    let mut visited = 0;
+    while let Some(path) = stack.pop() {
+        visited += 1;
+        if visited > 10_000 {
+            break;
+        }
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&path) {
+                stack.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if let Ok(modified) = meta.modified() {
+            if newest.as_ref().is_none_or(|(t, _)| modified > *t) {
+                newest = Some((modified, path));
+            }
+        }
+    }
+    newest.filter(|(t, _)| *t > built).map(|(_, p)| p)
+}
+
 /// The `p`-quantile (0..=1) of sorted samples, nearest-rank; 0 when empty.
 pub fn quantile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {

@@ -67,10 +67,11 @@ async fn relay_connection_limit_refuses_extra_clients() {
             .await
             .is_err()
     );
-    // A slot frees up when a client leaves.
+    // A slot frees up when a client leaves (the close travels through both yamux sessions and
+    // the WebSocket close handshake; allow for a loaded machine).
     drop(a);
     let mut ok = false;
-    for _ in 0..100 {
+    for _ in 0..500 {
         if RelaySession::connect(&net.relay_url(), &me, &grants, opts.clone())
             .await
             .is_ok()
