@@ -167,7 +167,7 @@ async fn invalid_keys_never_reach_argon2() {
     .await;
     let before = gw.state.keys.argon2_verifications();
     let mut c = gw.plain().await;
-    for i in 0..2_000u32 {
+    for i in 0..10_000u32 {
         let junk = if i % 2 == 0 {
             format!("pst_{:016x}_{}", rand::random::<u64>(), "B".repeat(40))
         } else {
