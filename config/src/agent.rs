@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::check::{all_nonzero, all_positive, check_ws_url, ensure, key32};
+use crate::check::{all_nonzero, all_positive, check_relay_client, ensure, key32};
 use crate::ConfigError;
 
 const MAX_NAME_CHARS: usize = 63;
@@ -111,23 +111,7 @@ impl Default for AgentLimits {
 impl AgentConfig {
     /// Checks the whole configuration; returns the first problem found.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        ensure(
-            !self.relays.is_empty(),
-            "relays",
-            "at least one relay URL is required",
-        )?;
-        let mut seen = HashSet::new();
-        for (i, url) in self.relays.iter().enumerate() {
-            let field = format!("relays[{i}]");
-            check_ws_url(&field, url)?;
-            ensure(seen.insert(url), &field, "duplicate relay URL")?;
-        }
-        for (field, path) in [
-            ("identity_key_file", &self.identity_key_file),
-            ("grant_file", &self.grant_file),
-        ] {
-            ensure(!path.as_os_str().is_empty(), field, "is empty")?;
-        }
+        check_relay_client(&self.relays, &self.identity_key_file, &self.grant_file)?;
         ensure(
             !self.leases.is_empty(),
             "lease",

@@ -52,8 +52,35 @@ pub(crate) fn key32(field: &str, b64: &str) -> Result<[u8; 32], ConfigError> {
     })
 }
 
+/// The relay-client part shared by agent and gateway configs: at least one `ws(s)://` relay URL,
+/// no duplicates, and the identity key and grant files named.
+pub(crate) fn check_relay_client(
+    relays: &[String],
+    identity_key_file: &std::path::Path,
+    grant_file: &std::path::Path,
+) -> Result<(), ConfigError> {
+    ensure(
+        !relays.is_empty(),
+        "relays",
+        "at least one relay URL is required",
+    )?;
+    let mut seen = std::collections::HashSet::new();
+    for (i, url) in relays.iter().enumerate() {
+        let field = format!("relays[{i}]");
+        check_ws_url(&field, url)?;
+        ensure(seen.insert(url), &field, "duplicate relay URL")?;
+    }
+    for (field, path) in [
+        ("identity_key_file", identity_key_file),
+        ("grant_file", grant_file),
+    ] {
+        ensure(!path.as_os_str().is_empty(), field, "is empty")?;
+    }
+    Ok(())
+}
+
 /// Scheme must be `ws` or `wss`; the authority must name a host and, if given, a valid port.
-pub(crate) fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
+fn check_ws_url(field: &str, url: &str) -> Result<(), ConfigError> {
     let rest = url
         .strip_prefix("wss://")
         .or_else(|| url.strip_prefix("ws://"))

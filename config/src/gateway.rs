@@ -12,7 +12,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{all_nonzero, all_positive, check_ws_url, ensure, key32};
+use crate::check::{all_nonzero, all_positive, check_relay_client, ensure, key32};
 use crate::ConfigError;
 
 /// RFC 7301: a protocol id is 1..=255 bytes.
@@ -195,23 +195,7 @@ impl GatewayConfig {
         if let Some(domain) = &self.base_domain {
             ensure(dns_name(domain, false), "base_domain", "must be a DNS name")?;
         }
-        ensure(
-            !self.relays.is_empty(),
-            "relays",
-            "at least one relay URL is required",
-        )?;
-        let mut seen = HashSet::new();
-        for (i, url) in self.relays.iter().enumerate() {
-            let field = format!("relays[{i}]");
-            check_ws_url(&field, url)?;
-            ensure(seen.insert(url), &field, "duplicate relay URL")?;
-        }
-        for (field, path) in [
-            ("identity_key_file", &self.identity_key_file),
-            ("grant_file", &self.grant_file),
-        ] {
-            ensure(!path.as_os_str().is_empty(), field, "is empty")?;
-        }
+        check_relay_client(&self.relays, &self.identity_key_file, &self.grant_file)?;
         let mut names = HashSet::new();
         for (i, lease) in self.leases.iter().enumerate() {
             let at = format!("lease[{i}]");
