@@ -30,13 +30,9 @@ fn err(e: impl std::fmt::Display) -> GatewayError {
 }
 
 fn load_or_create(path: &Path) -> Result<Identity, GatewayError> {
-    if path.exists() {
-        return Identity::load(path).map_err(|e| GatewayError::Key(e.to_string()));
-    }
-    let id = Identity::generate();
-    id.save(path)
-        .map_err(|e| GatewayError::Key(e.to_string()))?;
-    Ok(id)
+    Identity::load_or_create(path)
+        .map(|(id, _)| id)
+        .map_err(|e| GatewayError::Key(e.to_string()))
 }
 
 fn mint(cp: &Identity, who: &Identity, permissions: u32) -> postern_sdk::protocol::SignedGrant {

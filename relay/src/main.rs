@@ -75,12 +75,7 @@ mod dev {
     use postern_sdk::Identity;
 
     fn load_or_create(path: &Path) -> anyhow::Result<Identity> {
-        if path.exists() {
-            return Ok(Identity::load(path)?);
-        }
-        let id = Identity::generate();
-        id.save(path)?;
-        Ok(id)
+        Ok(Identity::load_or_create(path)?.0)
     }
 
     pub fn prepare(dir: &Path, listen: std::net::SocketAddr) -> anyhow::Result<RelayConfig> {

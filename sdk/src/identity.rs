@@ -139,6 +139,17 @@ impl Identity {
         Ok(Self::from_seed(seed))
     }
 
+    /// Loads the key file at `path`, or creates it (mode 0600) if there is none; the flag says
+    /// whether it was created.
+    pub fn load_or_create(path: &Path) -> Result<(Self, bool), KeyError> {
+        if path.exists() {
+            return Ok((Self::load(path)?, false));
+        }
+        let id = Self::generate();
+        id.save(path)?;
+        Ok((id, true))
+    }
+
     /// Writes the key to a new file with mode 0600; refuses to overwrite.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let io_err = |source| KeyError::Io {

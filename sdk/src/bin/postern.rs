@@ -158,16 +158,14 @@ fn print_pubkeys(id: &Identity) {
 }
 
 fn load_or_create_key(path: &Path) -> anyhow::Result<Identity> {
-    if path.exists() {
-        return Ok(Identity::load(path)?);
+    let (id, created) = Identity::load_or_create(path)?;
+    if created {
+        eprintln!(
+            "created identity key {} (public {})",
+            path.display(),
+            id.public_base64()
+        );
     }
-    let id = Identity::generate();
-    id.save(path)?;
-    eprintln!(
-        "created identity key {} (public {})",
-        path.display(),
-        id.public_base64()
-    );
     Ok(id)
 }
 
