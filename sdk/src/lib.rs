@@ -7,6 +7,7 @@
 //! public API built from them.
 
 pub mod backoff;
+pub mod dh;
 pub mod dialer;
 pub mod e2ee;
 pub mod expose;

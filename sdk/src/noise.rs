@@ -6,7 +6,8 @@
 //! encrypted to it and authenticates the initiator's static key. Timestamps, replay refusal and
 //! ALPN live one layer up in `e2ee`.
 //!
-//! Built from `x25519-dalek`, `chacha20poly1305`, `hkdf` and `sha2`; interoperability with the
+//! Built from curve25519-dalek (through [`crate::dh`], which also caches static-static DH
+//! results per peer), `chacha20poly1305`, `hkdf` and `sha2`; interoperability with the
 //! independent `snow` implementation is tested in both roles.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -14,8 +15,10 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use hkdf::Hkdf;
 use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::PublicKey;
 use zeroize::{Zeroize, Zeroizing};
+
+use crate::dh::{self, CachedPeer, PeerCache, PeerPoint, Secret};
 
 /// The full Noise protocol name; exactly 32 bytes, so it is also the initial hash.
 pub const PROTOCOL_NAME: &[u8; 32] = b"Noise_IK_25519_ChaChaPoly_SHA256";
@@ -41,11 +44,13 @@ pub enum NoiseError {
     NonceExhausted,
 }
 
-/// An X25519 static key pair.
+/// An X25519 static key pair, with a bounded cache of per-peer DH state shared by its clones
+/// (see [`crate::dh`]): a handshake with a peer seen before skips the static-static DH.
 #[derive(Clone)]
 pub struct StaticKeypair {
-    secret: StaticSecret,
+    secret: Secret,
     public: PublicKey,
+    peers: PeerCache,
 }
 
 impl std::fmt::Debug for StaticKeypair {
@@ -58,14 +63,31 @@ impl std::fmt::Debug for StaticKeypair {
 
 impl StaticKeypair {
     pub fn generate() -> Self {
-        Self::from_secret_bytes(StaticSecret::random_from_rng(OsRng).to_bytes())
+        Self::from_secret(random_secret())
     }
 
-    pub fn from_secret_bytes(mut bytes: [u8; 32]) -> Self {
-        let secret = StaticSecret::from(bytes);
-        bytes.zeroize();
-        let public = PublicKey::from(&secret);
-        Self { secret, public }
+    pub fn from_secret_bytes(bytes: [u8; 32]) -> Self {
+        Self::from_secret(Zeroizing::new(bytes))
+    }
+
+    fn from_secret(secret: Secret) -> Self {
+        let public = PublicKey::from(dh::public_key(&secret));
+        Self {
+            secret,
+            public,
+            peers: PeerCache::new(dh::DEFAULT_PEER_CACHE),
+        }
+    }
+
+    /// Remember DH state for at most `capacity` peers (0: none; every handshake then pays
+    /// the static-static DH).
+    pub fn with_peer_cache(mut self, capacity: usize) -> Self {
+        self.peers = PeerCache::new(capacity);
+        self
+    }
+
+    fn peer(&self, public: &PublicKey) -> Result<CachedPeer, NoiseError> {
+        Ok(self.peers.get(&self.secret, *public.as_bytes())?)
     }
 
     pub fn public(&self) -> PublicKey {
@@ -73,16 +95,20 @@ impl StaticKeypair {
     }
 
     pub fn secret_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.secret.to_bytes())
+        self.secret.clone()
     }
 }
 
-fn dh(secret: &StaticSecret, public: &PublicKey) -> Result<Zeroizing<[u8; 32]>, NoiseError> {
-    let shared = secret.diffie_hellman(public);
-    if !shared.was_contributory() {
-        return Err(NoiseError::WeakKey);
+fn random_secret() -> Secret {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut OsRng, bytes.as_mut());
+    bytes
+}
+
+impl From<dh::NonContributory> for NoiseError {
+    fn from(_: dh::NonContributory) -> Self {
+        Self::WeakKey
     }
-    Ok(Zeroizing::new(shared.to_bytes()))
 }
 
 fn nonce(n: u64) -> Nonce {
@@ -265,16 +291,15 @@ fn take<'a>(msg: &mut &'a [u8], n: usize) -> Result<&'a [u8], NoiseError> {
     Ok(head)
 }
 
-fn public_key(bytes: &[u8]) -> Result<PublicKey, NoiseError> {
-    let arr: [u8; 32] = bytes.try_into().map_err(|_| NoiseError::Truncated)?;
-    Ok(PublicKey::from(arr))
+fn public_key(bytes: &[u8]) -> Result<[u8; 32], NoiseError> {
+    bytes.try_into().map_err(|_| NoiseError::Truncated)
 }
 
 /// The initiator's side: `-> e, es, s, ss` then `<- e, ee, se`.
 pub struct Initiator {
     sym: SymmetricState,
     s: StaticKeypair,
-    e: StaticSecret,
+    e: Secret,
     rs: PublicKey,
 }
 
@@ -292,7 +317,7 @@ impl Initiator {
         Self {
             sym,
             s: s.clone(),
-            e: StaticSecret::random_from_rng(OsRng),
+            e: random_secret(),
             rs,
         }
     }
@@ -302,13 +327,14 @@ impl Initiator {
         if payload.len() + DH_LEN * 2 + TAG_LEN * 2 > MAX_MESSAGE_LEN {
             return Err(NoiseError::TooLong);
         }
-        let e_pub = PublicKey::from(&self.e);
+        let e_pub = dh::public_key(&self.e);
         let mut out = Vec::with_capacity(DH_LEN * 2 + TAG_LEN * 2 + payload.len());
-        out.extend_from_slice(e_pub.as_bytes());
-        self.sym.mix_hash(e_pub.as_bytes());
-        self.sym.mix_key(dh(&self.e, &self.rs)?.as_ref());
+        out.extend_from_slice(&e_pub);
+        self.sym.mix_hash(&e_pub);
+        let rs = self.s.peer(&self.rs)?;
+        self.sym.mix_key(rs.point.dh(&self.e)?.as_ref());
         out.extend(self.sym.encrypt_and_hash(self.s.public.as_bytes())?);
-        self.sym.mix_key(dh(&self.s.secret, &self.rs)?.as_ref());
+        self.sym.mix_key(rs.ss.as_ref());
         out.extend(self.sym.encrypt_and_hash(payload)?);
         Ok(out)
     }
@@ -316,10 +342,10 @@ impl Initiator {
     /// Reads the responder's answer; returns its payload and the transport keys.
     pub fn read_message(mut self, msg: &[u8]) -> Result<(Vec<u8>, Split), NoiseError> {
         let mut rest = msg;
-        let re = public_key(take(&mut rest, DH_LEN)?)?;
+        let re = PeerPoint::new(public_key(take(&mut rest, DH_LEN)?)?);
         self.sym.mix_hash(re.as_bytes());
-        self.sym.mix_key(dh(&self.e, &re)?.as_ref());
-        self.sym.mix_key(dh(&self.s.secret, &re)?.as_ref());
+        self.sym.mix_key(re.dh(&self.e)?.as_ref());
+        self.sym.mix_key(re.dh(&self.s.secret)?.as_ref());
         let payload = self.sym.decrypt_and_hash(rest)?;
         let (c1, c2) = self.sym.split();
         Ok((
@@ -347,8 +373,8 @@ pub struct InitiatorHello {
 pub struct Responder {
     sym: SymmetricState,
     s: StaticKeypair,
-    re: Option<PublicKey>,
-    rs: Option<PublicKey>,
+    re: Option<PeerPoint>,
+    rs: Option<CachedPeer>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -375,40 +401,42 @@ impl Responder {
             return Err(NoiseError::TooLong);
         }
         let mut rest = msg;
-        let re = public_key(take(&mut rest, DH_LEN)?)?;
+        let re = PeerPoint::new(public_key(take(&mut rest, DH_LEN)?)?);
         self.sym.mix_hash(re.as_bytes());
-        self.sym.mix_key(dh(&self.s.secret, &re)?.as_ref());
-        let rs = public_key(
+        self.sym.mix_key(re.dh(&self.s.secret)?.as_ref());
+        let static_key = PublicKey::from(public_key(
             &self
                 .sym
                 .decrypt_and_hash(take(&mut rest, DH_LEN + TAG_LEN)?)?,
-        )?;
-        self.sym.mix_key(dh(&self.s.secret, &rs)?.as_ref());
+        )?);
+        let rs = self.s.peer(&static_key)?;
+        self.sym.mix_key(rs.ss.as_ref());
         let payload = self.sym.decrypt_and_hash(rest)?;
+        let ephemeral_key = *re.as_bytes();
         self.re = Some(re);
         self.rs = Some(rs);
         Ok(InitiatorHello {
-            static_key: rs,
-            ephemeral_key: *re.as_bytes(),
+            static_key,
+            ephemeral_key,
             payload,
         })
     }
 
     /// Answers with `payload`; returns the message and the transport keys.
     pub fn write_message(mut self, payload: &[u8]) -> Result<(Vec<u8>, Split), NoiseError> {
-        let (Some(re), Some(rs)) = (self.re, self.rs) else {
+        let (Some(re), Some(rs)) = (self.re.take(), self.rs.take()) else {
             return Err(NoiseError::Truncated);
         };
         if payload.len() + DH_LEN + TAG_LEN > MAX_MESSAGE_LEN {
             return Err(NoiseError::TooLong);
         }
-        let e = StaticSecret::random_from_rng(OsRng);
-        let e_pub = PublicKey::from(&e);
+        let e = random_secret();
+        let e_pub = dh::public_key(&e);
         let mut out = Vec::with_capacity(DH_LEN + TAG_LEN + payload.len());
-        out.extend_from_slice(e_pub.as_bytes());
-        self.sym.mix_hash(e_pub.as_bytes());
-        self.sym.mix_key(dh(&e, &re)?.as_ref());
-        self.sym.mix_key(dh(&e, &rs)?.as_ref());
+        out.extend_from_slice(&e_pub);
+        self.sym.mix_hash(&e_pub);
+        self.sym.mix_key(re.dh(&e)?.as_ref());
+        self.sym.mix_key(rs.point.dh(&e)?.as_ref());
         out.extend(self.sym.encrypt_and_hash(payload)?);
         let (c1, c2) = self.sym.split();
         Ok((
