@@ -19,12 +19,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
-use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt};
+use tokio_util::compat::TokioAsyncReadCompatExt;
 
 /// A yamux stream as a tokio byte stream. An outbound stream holds its slot of the session's
 /// stream limit until it is dropped.
 pub struct MuxStream {
-    inner: Compat<yamux::Stream>,
+    inner: yamux::Stream,
     _slot: Option<OwnedSemaphorePermit>,
     session: Arc<SessionShared>,
 }
@@ -50,7 +50,7 @@ impl MuxStream {
             .live
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         Self {
-            inner: stream.compat(),
+            inner: stream,
             _slot: slot,
             session: Arc::clone(session),
         }
@@ -72,9 +72,17 @@ impl Drop for MuxStream {
 
 impl std::fmt::Debug for MuxStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "MuxStream({})", self.inner.get_ref().id())
+        write!(f, "MuxStream({})", self.inner.id())
     }
 }
+
+/// How much of a caller's unfilled, uninitialised buffer the first read step initialises;
+/// each further step in the same read doubles, up to [`READ_STEP_MAX`]. Readers such as hyper
+/// hand over 8 KiB or more of fresh capacity per connection; zero-filling all of it up front
+/// (what `tokio_util::compat` does) makes every page resident even when an idle connection
+/// only ever receives a few hundred bytes. Stepping touches about as many bytes as arrive.
+const READ_STEP_MIN: usize = 512;
+const READ_STEP_MAX: usize = 64 * 1024;
 
 impl AsyncRead for MuxStream {
     fn poll_read(
@@ -83,8 +91,26 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
-        let result = std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, buf));
-        if result.is_ok() && buf.filled().len() == before && buf.remaining() > 0 {
+        let mut end_of_stream = false;
+        let mut step = READ_STEP_MIN;
+        while buf.remaining() > 0 {
+            let step_now = buf.remaining().min(step);
+            step = (step * 2).min(READ_STEP_MAX);
+            let dst = buf.initialize_unfilled_to(step_now);
+            match futures::AsyncRead::poll_read(Pin::new(&mut self.inner), cx, dst) {
+                Poll::Ready(Ok(0)) => {
+                    end_of_stream = true;
+                    break;
+                }
+                Poll::Ready(Ok(n)) => buf.advance(n),
+                // Hand over what was read; the error shows again on the next read.
+                Poll::Ready(Err(_)) if buf.filled().len() > before => break,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending if buf.filled().len() > before => break,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if end_of_stream && buf.filled().len() == before {
             if let Some(why) = self.session.failure.get() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::ConnectionAborted,
@@ -92,7 +118,7 @@ impl AsyncRead for MuxStream {
                 )));
             }
         }
-        Poll::Ready(result)
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -158,15 +184,15 @@ impl AsyncWrite for MuxStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        futures::AsyncWrite::poll_write(Pin::new(&mut self.inner), cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        futures::AsyncWrite::poll_flush(Pin::new(&mut self.inner), cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        futures::AsyncWrite::poll_close(Pin::new(&mut self.inner), cx)
     }
 }
 
