@@ -156,9 +156,14 @@ pub struct GatewayLimits {
     /// SSE and WebSocket are bounded by idle time, not total time.
     #[serde(with = "humantime_serde")]
     pub upstream_idle_timeout: Duration,
-    /// Time a client has to send the request headers (slowloris bound).
+    /// Time a client has to send a complete request head (slowloris bound): from accepting
+    /// the connection for the first request, from the end of the previous request plus
+    /// `keepalive_timeout` for the next ones.
     #[serde(with = "humantime_serde")]
     pub request_header_timeout: Duration,
+    /// How long an HTTP/1.1 connection may sit idle between requests.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
 }
 
 impl Default for GatewayLimits {
@@ -172,6 +177,7 @@ impl Default for GatewayLimits {
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(60),
             request_header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -347,6 +353,7 @@ impl GatewayLimits {
                 ("upstream_connect_timeout", self.upstream_connect_timeout),
                 ("upstream_idle_timeout", self.upstream_idle_timeout),
                 ("request_header_timeout", self.request_header_timeout),
+                ("keepalive_timeout", self.keepalive_timeout),
             ],
         )
     }

@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod auth;
 pub mod connector;
+pub mod header_deadline;
 pub mod problem;
 pub mod proxy;
 pub mod route;

@@ -17,6 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
+use crate::header_deadline::HeaderDeadlineApp;
 use crate::proxy::GatewayProxy;
 use crate::state::GatewayState;
 use crate::GatewayError;
@@ -80,7 +81,12 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let listen = state.config.listen.clone();
     let conf = Arc::new(ServerConf::default());
-    let mut service = pingora::proxy::http_proxy_service(&conf, GatewayProxy { state });
+    let header_timeout = state.config.limits.request_header_timeout;
+    let app = HeaderDeadlineApp::new(
+        pingora::proxy::http_proxy(&conf, GatewayProxy { state }),
+        header_timeout,
+    );
+    let mut service = pingora::services::listening::Service::new("postern gateway".into(), app);
     if let Some(addr) = listen.http {
         service.add_tcp(&addr.to_string());
     }
