@@ -1,6 +1,8 @@
 //! The request path, phase by phase: this `impl ProxyHttp` is the table of contents of a
 //! request through the gateway.
 //!
+//! 0. `early_request_filter`: the head is complete, the slowloris deadline is lifted
+//!    ([`crate::header_deadline`]); `logging` sets it again for the next request.
 //! 1. `request_filter`: request id → health endpoints → client IP policy → authenticate (API
 //!    key) → route (which lease) → authorize (lease ACL, scope, per-key IPs) → body limit.
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
@@ -23,6 +25,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
 use crate::connector::TunnelConnector;
+use crate::header_deadline::HeaderDeadlineStream;
 use crate::problem::Problem;
 use crate::state::GatewayState;
 use crate::{acl, auth, route};
@@ -92,6 +95,19 @@ impl ProxyHttp for GatewayProxy {
 
     fn new_ctx(&self) -> Self::CTX {
         RequestCtx::default()
+    }
+
+    /// The head is in: the slowloris deadline no longer applies to this request.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        if let Some(stream) = session.stream().and_then(HeaderDeadlineStream::of) {
+            stream.disarm();
+            session.set_keepalive(Some(self.state.config.limits.keepalive_timeout.as_secs()));
+        }
+        Ok(())
     }
 
     async fn request_filter(
@@ -180,7 +196,9 @@ impl ProxyHttp for GatewayProxy {
             .and_then(|v| v.parse::<u64>().ok())
             .is_some_and(|n| n > state.config.limits.max_request_body_bytes);
         if too_big {
-            return respond(session, ctx, Problem::PayloadTooLarge).await;
+            let done = respond(session, ctx, Problem::PayloadTooLarge).await;
+            self.linger(session).await;
+            return done;
         }
         let uri = routed
             .upstream_path_and_query
@@ -320,6 +338,9 @@ impl ProxyHttp for GatewayProxy {
         tracing::info!(request_id = %ctx.request_id, lease = ?ctx.lease, error = %e, "proxy failed");
         let status = problem.status();
         let _ = respond(session, ctx, problem).await;
+        if status == 413 {
+            self.linger(session).await;
+        }
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
@@ -327,6 +348,12 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        // A kept-alive connection must deliver the next head in full within the idle
+        // allowance plus the header time.
+        if let Some(stream) = session.stream().and_then(HeaderDeadlineStream::of) {
+            let limits = &self.state.config.limits;
+            stream.arm(limits.keepalive_timeout + limits.request_header_timeout);
+        }
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -339,6 +366,23 @@ impl ProxyHttp for GatewayProxy {
             error = ?e.map(|e| e.to_string()),
             "request"
         );
+    }
+}
+
+/// How long an early refusal keeps reading the rest of a request body.
+const LINGER: Duration = Duration::from_secs(5);
+
+impl GatewayProxy {
+    /// Reads and discards the rest of the request body for a while after answering early
+    /// (413): closing a socket with unread input makes the kernel send a reset, which can
+    /// destroy the answer before the client reads it (nginx's "lingering close"). Bounded by
+    /// time only, [`LINGER`], like nginx's `lingering_time`: reading and dropping is cheap,
+    /// and a byte cap would reintroduce the reset for a client that is simply fast.
+    async fn linger(&self, session: &mut Session) {
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Ok(Some(_)) = session.read_request_body().await {}
+        })
+        .await;
     }
 }
 

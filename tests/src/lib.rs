@@ -165,6 +165,7 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// A real hyper origin on 127.0.0.1:0:
 /// * `GET /hello` → `hello from origin` (and echoes the Host header in `x-seen-host`)
 /// * `POST /echo` → streams the request body back
+/// * `POST /count` → reads the whole request body, then answers with its length
 /// * `GET /bytes/N` → N bytes of a repeating pattern, streamed in 64 KiB chunks
 pub async fn spawn_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -206,6 +207,15 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<Body>, Infall
         r
     } else if path == "/echo" {
         Response::new(req.into_body().boxed())
+    } else if path == "/count" {
+        match req.into_body().collect().await {
+            Ok(body) => Response::new(full(body.to_bytes().len().to_string())),
+            Err(_) => {
+                let mut r = Response::new(full("body read failed"));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r
+            }
+        }
     } else if let Some(n) = path
         .strip_prefix("/bytes/")
         .and_then(|n| n.parse::<u64>().ok())

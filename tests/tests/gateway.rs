@@ -275,3 +275,81 @@ async fn health_ip_policy_and_malformed_requests() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// A TLS connection to `addr` with SNI `name`, trusting only `ca`.
+async fn tls_to(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(postern_sdk::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(
+            rustls::pki_types::ServerName::try_from(name.to_owned()).unwrap(),
+            tcp,
+        )
+        .await
+}
+
+/// The certificate served for SNI `name`, if a client trusting only `ca` accepts it.
+async fn served_certificate(
+    addr: std::net::SocketAddr,
+    name: &str,
+    ca: &rustls::pki_types::CertificateDer<'static>,
+) -> std::io::Result<Vec<u8>> {
+    let tls = tls_to(addr, name, ca).await?;
+    Ok(tls.get_ref().1.peer_certificates().unwrap()[0].to_vec())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_selects_between_two_certificates() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let dir = tempfile::tempdir().unwrap();
+    let second = rcgen::generate_simple_self_signed(vec!["api.example.test".to_string()]).unwrap();
+    let (cert, key) = (dir.path().join("api.crt"), dir.path().join("api.key"));
+    std::fs::write(&cert, second.cert.pem()).unwrap();
+    std::fs::write(&key, second.key_pair.serialize_pem()).unwrap();
+    let extra = format!(
+        "[[listen.tls]]\ncert = \"{}\"\nkey = \"{}\"\nserver_names = [\"api.example.test\"]\n",
+        cert.display(),
+        key.display()
+    );
+    let gw = TestGateway::start(&net, &[("web", &owner)], &extra).await;
+    let second_der = second.cert.der().clone();
+
+    // Each name gets its own certificate, which its client (trusting only that one) accepts.
+    let got = served_certificate(gw.https, "api.example.test", &second_der)
+        .await
+        .unwrap();
+    assert_eq!(got, second_der.to_vec());
+    let got = served_certificate(gw.https, "localhost", &gw.ca)
+        .await
+        .unwrap();
+    assert_eq!(got, gw.ca.to_vec());
+    // A name the second certificate does not cover is not answered with it.
+    assert!(served_certificate(gw.https, "localhost", &second_der)
+        .await
+        .is_err());
+
+    // And a request over the second name goes through.
+    let tls = tls_to(gw.https, "api.example.test", &second_der)
+        .await
+        .unwrap();
+    let mut c = http1_client(tls).await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}

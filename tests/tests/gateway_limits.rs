@@ -1,0 +1,233 @@
+//! The gateway's bounds end to end: slow request heads, oversized streamed bodies, an origin
+//! that is down.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use postern_tests::gateway::{authed, TestGateway};
+use postern_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TIGHT_HEADERS: &str = "[limits]\nrequest_header_timeout = \"1s\"\nkeepalive_timeout = \"1s\"\nmax_request_body_bytes = 1048576\n";
+
+/// Writes `line` every 200 ms until the peer closes the connection; returns how many lines
+/// went out. Panics if the peer is still reading after `max_lines`.
+async fn trickle_until_closed(tcp: &mut TcpStream, line: &[u8], max_lines: usize) -> usize {
+    for sent in 0..max_lines {
+        if tcp.write_all(line).await.is_err() {
+            return sent;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return sent,
+            // A 408/400 on the way out is fine too; keep reading until the close.
+            Ok(Ok(_)) => continue,
+            Err(_) => {}
+        }
+    }
+    panic!("the gateway was still reading a request head after {max_lines} slow lines");
+}
+
+/// Reads until the peer closes; panics after `within`.
+async fn closed_within(tcp: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the gateway kept an idle or half-sent connection open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_heads_are_cut_and_slow_bodies_are_not() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+
+    // Slowloris: a head that never ends, one header line every 200 ms. With a 1 s deadline
+    // the gateway must close within a few lines, not after Pingora's 60 s per-read timeout.
+    let mut tcp = TcpStream::connect(gw.http).await.unwrap();
+    tcp.write_all(b"GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let lines = trickle_until_closed(&mut tcp, b"X-Slow: 1\r\n", 100).await;
+    assert!(lines < 100);
+
+    // A connection that never sends a byte is closed as well.
+    let mut silent = TcpStream::connect(gw.http).await.unwrap();
+    closed_within(&mut silent, Duration::from_secs(20)).await;
+
+    // The same over TLS.
+    let mut tls = gw.tls_stream(&[b"http/1.1"]).await;
+    tls.write_all(b"GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if tls.write_all(b"X-Slow: 1\r\n").await.is_err() {
+                return;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a slow TLS head was not cut");
+
+    // After a complete request, the next head on the kept-alive connection is bounded too.
+    let mut tcp = TcpStream::connect(gw.http).await.unwrap();
+    let req = format!(
+        "GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\r\n",
+        gw.api_key
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("hello from origin") {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read_buf(&mut got))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    tcp.write_all(b"GET /peer/web/hello HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let lines = trickle_until_closed(&mut tcp, b"X-Slow: 1\r\n", 100).await;
+    assert!(lines < 100);
+
+    // A body sent slower than the header deadline is not cut: the head arrived in time.
+    let mut tcp = TcpStream::connect(gw.http).await.unwrap();
+    let head = format!(
+        "POST /peer/web/count HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Length: 8\r\nConnection: close\r\n\r\n",
+        gw.api_key
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..8 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tcp.write_all(b"x").await.unwrap();
+    }
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let mut resp = String::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut resp))
+        .await
+        .expect("response in time")
+        .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("\r\n\r\n8"), "{resp}");
+
+    // And the gateway still serves.
+    let mut h1 = gw.plain().await;
+    let resp = send(
+        &mut h1,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+fn empty() -> http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error> {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_limit_gets_413() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+
+    // Under the limit, chunked (no Content-Length): counted in full by the origin.
+    let mut h1 = gw.h1().await;
+    let resp = send(
+        &mut h1,
+        authed(
+            Method::POST,
+            "/peer/web/count",
+            &gw.api_key,
+            streaming_body(1_000_000),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, "1000000");
+
+    // Over the limit, chunked: the size is only known while streaming; the origin waits for
+    // the whole body, so the refusal is a clean 413 problem.
+    let mut h1 = gw.h1().await;
+    let resp = send(
+        &mut h1,
+        authed(
+            Method::POST,
+            "/peer/web/count",
+            &gw.api_key,
+            streaming_body(3_000_000),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        resp.headers()[http::header::CONTENT_TYPE],
+        "application/problem+json"
+    );
+    let body = body_bytes(resp).await;
+    assert!(
+        String::from_utf8_lossy(&body).contains("\"status\":413"),
+        "{body:?}"
+    );
+
+    // Over the limit with a Content-Length: refused before any byte is forwarded.
+    let mut h1 = gw.h1().await;
+    let req = http::Request::builder()
+        .method(Method::POST)
+        .uri("/peer/web/count")
+        .header(http::header::HOST, "localhost")
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", gw.api_key),
+        )
+        .header(http::header::CONTENT_LENGTH, "3000000")
+        .body(streaming_body(3_000_000))
+        .unwrap();
+    let resp = send(&mut h1, req).await;
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_that_is_down_gives_502() {
+    let net = TestNet::start().await;
+    // A port nothing listens on: bound, then closed.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let owner = net.expose("down", dead).await;
+    let gw = TestGateway::start(&net, &[("down", &owner)], "").await;
+    let mut h1 = gw.h1().await;
+    for _ in 0..3 {
+        let resp = send(
+            &mut h1,
+            authed(Method::GET, "/peer/down/hello", &gw.api_key, empty()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let body = body_bytes(resp).await;
+        assert!(
+            String::from_utf8_lossy(&body).contains("\"status\":502"),
+            "{body:?}"
+        );
+    }
+}
