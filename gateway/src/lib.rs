@@ -9,6 +9,7 @@ pub mod acl;
 pub mod auth;
 pub mod connector;
 pub mod header_deadline;
+pub mod hop_by_hop;
 pub mod problem;
 pub mod proxy;
 pub mod route;

@@ -8,8 +8,9 @@
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
 //! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
 //!    E2EE session.
-//! 3. `upstream_request_filter`: forwarding headers; the caller's API key never leaves.
-//! 4. `response_filter`: the request id goes back to the caller.
+//! 3. `upstream_request_filter`: hop-by-hop fields out ([`crate::hop_by_hop`]), forwarding
+//!    headers in; the caller's API key never leaves.
+//! 4. `response_filter`: hop-by-hop fields out; the request id goes back to the caller.
 //! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
 
 use std::hash::{Hash, Hasher};
@@ -28,7 +29,7 @@ use crate::connector::TunnelConnector;
 use crate::header_deadline::HeaderDeadlineStream;
 use crate::problem::Problem;
 use crate::state::GatewayState;
-use crate::{acl, auth, route};
+use crate::{acl, auth, hop_by_hop, route};
 
 /// Everything known about one request, filled in phase by phase.
 #[derive(Debug, Default)]
@@ -274,6 +275,9 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        for name in hop_by_hop::fields(&upstream.headers, session.is_upgrade_req()) {
+            upstream.remove_header(&name);
+        }
         // The caller's credentials are for the gateway only.
         upstream.remove_header("x-api-key");
         let bearer = upstream
@@ -314,6 +318,10 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        let upgrading = upstream.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        for name in hop_by_hop::fields(&upstream.headers, upgrading) {
+            upstream.remove_header(&name);
+        }
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }

@@ -166,6 +166,9 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// * `GET /hello` → `hello from origin` (and echoes the Host header in `x-seen-host`)
 /// * `POST /echo` → streams the request body back
 /// * `POST /count` → reads the whole request body, then answers with its length
+/// * `GET /headers` → the request's header names, sorted, one per line
+/// * `GET /hop` → a response carrying hop-by-hop fields (`Connection: x-origin-hop`,
+///   `X-Origin-Hop`, `Keep-Alive`) next to an end-to-end `X-Origin-Kept`
 /// * `GET /bytes/N` → N bytes of a repeating pattern, streamed in 64 KiB chunks
 pub async fn spawn_origin() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -207,6 +210,22 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<Body>, Infall
         r
     } else if path == "/echo" {
         Response::new(req.into_body().boxed())
+    } else if path == "/headers" {
+        let mut names: Vec<&str> = req.headers().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        Response::new(full(names.join("\n")))
+    } else if path == "/hop" {
+        let mut r = Response::new(full("hop"));
+        let h = r.headers_mut();
+        h.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("x-origin-hop"),
+        );
+        h.insert("x-origin-hop", http::HeaderValue::from_static("1"));
+        h.insert("keep-alive", http::HeaderValue::from_static("timeout=5"));
+        h.insert("x-origin-kept", http::HeaderValue::from_static("1"));
+        r
     } else if path == "/count" {
         match req.into_body().collect().await {
             Ok(body) => Response::new(full(body.to_bytes().len().to_string())),

@@ -353,3 +353,51 @@ async fn sni_selects_between_two_certificates() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_fields_stop_at_the_gateway() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
+
+    let mut c = gw.h1().await;
+    let mut req = authed(Method::GET, "/peer/web/headers", &gw.api_key, empty());
+    let h = req.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        "keep-alive, X-Client-Hop".parse().unwrap(),
+    );
+    h.insert("x-client-hop", "1".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("proxy-connection", "keep-alive".parse().unwrap());
+    h.insert("x-client-kept", "1".parse().unwrap());
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    for gone in [
+        "x-client-hop",
+        "keep-alive",
+        "proxy-connection",
+        "authorization",
+    ] {
+        assert!(!seen.contains(&gone), "{gone} reached the origin: {seen:?}");
+    }
+    for kept in ["x-client-kept", "x-forwarded-for", "x-request-id"] {
+        assert!(
+            seen.contains(&kept),
+            "{kept} missing at the origin: {seen:?}"
+        );
+    }
+
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hop", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("x-origin-kept"));
+    assert!(!resp.headers().contains_key("x-origin-hop"));
+    assert!(!resp.headers().contains_key("keep-alive"));
+}

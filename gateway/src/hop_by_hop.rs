@@ -1,0 +1,112 @@
+//! Hop-by-hop header fields (RFC 9110 §7.6.1): they describe one connection, so a proxy
+//! removes them before forwarding, in both directions.
+//!
+//! Removed: every field named in `Connection`, and `Connection`, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`. Kept on purpose: `Transfer-Encoding`, which
+//! Pingora consumes and regenerates itself for each hop's framing, and — for a protocol
+//! upgrade (WebSocket) — `Connection: upgrade` with `Upgrade`, which is the request to
+//! upgrade the next hop as well.
+
+use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, UPGRADE};
+
+/// The fields that are always connection-specific.
+const ALWAYS: [&str; 3] = ["keep-alive", "proxy-connection", "connection"];
+
+/// The names of the hop-by-hop fields present in `headers`, lower case, without duplicates.
+/// With `upgrading`, `Connection` and `Upgrade` stay (see the module docs).
+pub fn fields(headers: &HeaderMap, upgrading: bool) -> Vec<HeaderName> {
+    let mut out: Vec<HeaderName> = Vec::new();
+    let mut add = |name: HeaderName| {
+        if headers.contains_key(&name) && !out.contains(&name) {
+            out.push(name);
+        }
+    };
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if upgrading && token.eq_ignore_ascii_case("upgrade") {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token.to_ascii_lowercase().as_bytes()) {
+                add(name);
+            }
+        }
+    }
+    for name in ALWAYS {
+        if upgrading && name == "connection" {
+            continue;
+        }
+        add(HeaderName::from_static(name));
+    }
+    add(TE);
+    add(TRAILER);
+    if !upgrading {
+        add(UPGRADE);
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        m
+    }
+
+    fn names(v: Vec<HeaderName>) -> Vec<String> {
+        let mut n: Vec<String> = v.iter().map(|h| h.as_str().to_owned()).collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn connection_nominated_and_standard_fields_go() {
+        let h = map(&[
+            ("connection", "close, X-Secret"),
+            ("connection", "keep-alive"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("transfer-encoding", "chunked"),
+            ("x-kept", "1"),
+        ]);
+        assert_eq!(
+            names(fields(&h, false)),
+            [
+                "connection",
+                "keep-alive",
+                "proxy-connection",
+                "te",
+                "upgrade",
+                "x-secret"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade() {
+        let h = map(&[
+            ("connection", "Upgrade, X-Secret"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+        ]);
+        assert_eq!(names(fields(&h, true)), ["x-secret"]);
+    }
+
+    #[test]
+    fn malformed_tokens_are_ignored() {
+        let h = map(&[("connection", "bad name, ,x-ok"), ("x-ok", "1")]);
+        assert_eq!(names(fields(&h, false)), ["connection", "x-ok"]);
+    }
+}
