@@ -343,7 +343,20 @@ impl ProxyHttp for GatewayProxy {
                 _ => Problem::BadGateway,
             },
         };
-        tracing::info!(request_id = %ctx.request_id, lease = ?ctx.lease, error = %e, "proxy failed");
+        let client_gone = *e.esource() == pingora::ErrorSource::Downstream;
+        if client_gone {
+            tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away");
+        } else {
+            tracing::info!(request_id = %ctx.request_id, lease = ?ctx.lease, error = %e, "proxy failed");
+        }
+        // Once the response head is out (SSE, a long body), nothing can be answered any more:
+        // the connection is closed and the status that went out is the one logged.
+        if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+            return FailToProxy {
+                error_code: sent,
+                can_reuse_downstream: false,
+            };
+        }
         let status = problem.status();
         let _ = respond(session, ctx, problem).await;
         if status == 413 {
@@ -353,6 +366,12 @@ impl ProxyHttp for GatewayProxy {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    /// A client that closes its connection mid-stream (an MCP client ending its SSE stream, a
+    /// browser navigating away) is routine, not a gateway error: logged at debug above.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, e: &Error) -> bool {
+        *e.esource() == pingora::ErrorSource::Downstream
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
