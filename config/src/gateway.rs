@@ -164,6 +164,10 @@ pub struct GatewayLimits {
     /// How long an HTTP/1.1 connection may sit idle between requests.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// User-space read buffer in front of each client socket, bytes (0: none). rustls and the
+    /// HTTP/1 parser buffer on their own; Pingora's default of 64 KiB would cost that much
+    /// memory per idle keep-alive client.
+    pub client_read_buffer_bytes: usize,
 }
 
 impl Default for GatewayLimits {
@@ -178,6 +182,7 @@ impl Default for GatewayLimits {
             upstream_idle_timeout: Duration::from_secs(60),
             request_header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            client_read_buffer_bytes: 0,
         }
     }
 }

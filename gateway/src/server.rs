@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::server::configuration::ServerConf;
 use pingora::services::Service as _;
 use postern_config::TlsCert;
@@ -81,19 +82,32 @@ pub async fn serve(
 ) -> Result<(), GatewayError> {
     let listen = state.config.listen.clone();
     let conf = Arc::new(ServerConf::default());
-    let header_timeout = state.config.limits.request_header_timeout;
+    let limits = state.config.limits.clone();
     let app = HeaderDeadlineApp::new(
         pingora::proxy::http_proxy(&conf, GatewayProxy { state }),
-        header_timeout,
+        limits.request_header_timeout,
     );
-    let mut service = pingora::services::listening::Service::new("postern gateway".into(), app);
+    // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
+    // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1 parser
+    // buffer on their own, so the size comes from config (default: none).
+    let buffers = L4BufferSettings::default().read(limits.client_read_buffer_bytes);
+    let mut listeners = Listeners::new();
     if let Some(addr) = listen.http {
-        service.add_tcp(&addr.to_string());
+        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
     }
     if let Some(addr) = listen.https {
         let settings = tls_settings(&listen.tls)?;
-        service.add_tls_with_settings(&addr.to_string(), None, settings);
+        listeners.add_listener(
+            ListenerConfig::tcp(addr.to_string())
+                .tls(settings)
+                .l4_buffer(buffers),
+        );
     }
+    let mut service = pingora::services::listening::Service::with_listeners(
+        "postern gateway".into(),
+        listeners,
+        app,
+    );
     service.start_service(None, shutdown, 1).await;
     Ok(())
 }
