@@ -18,43 +18,32 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures::StreamExt;
-use http_body_util::combinators::BoxBody;
-use http_body_util::BodyExt;
-use hyper::client::conn::http1::SendRequest;
-use postern_benches::{locate_binaries, newer_source_than, quantile, thread_cpu_ns, vm_rss_bytes};
-use postern_sdk::grant::{self, unix_now};
+use postern_benches::children::{binaries_or_exit, warn_if_stale, Children, Guard};
+use postern_benches::load::{
+    env_u64, measure_download, measure_load, open_connections, request_each, size_label, Download,
+    LoadSettings, Route, Sender, OP_TIMEOUT,
+};
+use postern_benches::procfs::{machine, rss};
+use postern_benches::stack::{spawn_expose, start_relay, wait_for_lease, Keys, LEASE};
+use postern_benches::table::{print_table, row, with_target};
+use postern_benches::thread_cpu_ns;
 use postern_sdk::noise::{Initiator, Responder, StaticKeypair};
-use postern_sdk::protocol::{permission, LeaseGrant, SignedGrant};
+use postern_sdk::protocol::SignedGrant;
 use postern_sdk::relay_client::RelaySession;
-use postern_sdk::{ClientOptions, Dialer, DialerConfig, Identity, LeaseTarget, RelayUrl};
-use postern_tests::{get, http1_client, spawn_origin};
+use postern_sdk::{ClientOptions, Dialer, DialerConfig, Identity, RelayUrl};
+use postern_tests::spawn_origin;
 use tokio::net::TcpStream;
 
-type Sender = SendRequest<BoxBody<Bytes, hyper::Error>>;
-
-const LEASE: &str = "bench";
-const MIB: u64 = 1024 * 1024;
-/// Any single request or dial slower than this is a failure, not a data point.
-const OP_TIMEOUT: Duration = Duration::from_secs(15);
+const BUILD: &str = "cargo build --release -p postern-relay -p postern-sdk";
 
 // ---------------------------------------------------------------------------------------------
 // Settings
 
 struct Settings {
-    secs: Duration,
-    warmup: Duration,
-    max_requests: u64,
-    download_bytes: u64,
-    download_timeout: Duration,
+    load: LoadSettings,
     dials: u64,
     tcp_connects: u64,
     dial_budget: Duration,
@@ -64,24 +53,10 @@ struct Settings {
     handshakes: u32,
 }
 
-fn env_u64(name: &str, default: u64) -> u64 {
-    match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| {
-            eprintln!("{name}={v:?} is not a number; using {default}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
 impl Settings {
     fn from_env() -> Self {
         Self {
-            secs: Duration::from_secs(env_u64("POSTERN_BENCH_SECS", 3).max(1)),
-            warmup: Duration::from_millis(500),
-            max_requests: 2_000_000,
-            download_bytes: env_u64("POSTERN_BENCH_DOWNLOAD_BYTES", 1024 * MIB).max(1),
-            download_timeout: Duration::from_secs(120),
+            load: LoadSettings::from_env(),
             dials: env_u64("POSTERN_BENCH_DIALS", 10_000).max(1),
             tcp_connects: 2_000,
             dial_budget: Duration::from_secs(20),
@@ -91,113 +66,6 @@ impl Settings {
             handshakes: 2_000,
         }
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Child processes
-
-/// Child processes, killed by [`Guard`]'s `Drop` or by the Ctrl-C handler.
-#[derive(Clone, Default)]
-struct Children(Arc<Mutex<Vec<(String, Child)>>>);
-
-impl Children {
-    fn spawn(&self, name: &str, cmd: &mut Command) -> u32 {
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let pid = child.id();
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((name.to_owned(), child));
-        pid
-    }
-
-    /// Panics if a child has already exited.
-    fn check_alive(&self) {
-        let mut kids = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (name, child) in kids.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("{name} exited early ({status})");
-            }
-        }
-    }
-
-    fn kill_all(&self) {
-        let mut kids = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, mut child) in kids.drain(..) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Kills the children and removes the temporary directory, also while unwinding a panic.
-struct Guard {
-    children: Children,
-    dir: PathBuf,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.children.kill_all();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let dir =
-        std::env::temp_dir().join(format!("postern-bench-{}-{nanos:08x}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_cli(cli: &Path, args: &[&str]) {
-    let out = Command::new(cli)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running {} {args:?}: {e}", cli.display()));
-    assert!(
-        out.status.success(),
-        "{} {args:?} failed: {}",
-        cli.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-fn wait_for_port(addr: SocketAddr, children: &Children, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        children.check_alive();
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("nothing listening on {addr}; log:\n{}", log_tail(log));
-}
-
-fn rss(pid: u32) -> u64 {
-    vm_rss_bytes(pid).unwrap_or_else(|| panic!("cannot read /proc/{pid}/status"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,169 +138,7 @@ fn measure_handshakes(max: u32, peer_cache: usize) -> HandshakeCost {
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP load
-
-#[derive(Clone)]
-enum Route {
-    Direct(SocketAddr),
-    Postern(Dialer, Box<LeaseTarget>),
-}
-
-impl Route {
-    async fn connect(&self) -> Sender {
-        match self {
-            Self::Direct(addr) => {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                tcp.set_nodelay(true).unwrap();
-                http1_client(tcp).await
-            }
-            Self::Postern(dialer, target) => {
-                let stream = tokio::time::timeout(OP_TIMEOUT, dialer.dial(target))
-                    .await
-                    .expect("dial timed out")
-                    .expect("dial");
-                http1_client(stream).await
-            }
-        }
-    }
-}
-
-async fn request(sender: &mut Sender, path: &str) -> usize {
-    let exchange = async {
-        sender.ready().await.expect("connection ready");
-        let resp = sender.send_request(get(path)).await.expect("response");
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        resp.into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes()
-            .len()
-    };
-    tokio::time::timeout(OP_TIMEOUT, exchange)
-        .await
-        .unwrap_or_else(|_| panic!("GET {path} timed out"))
-}
-
-struct Load {
-    requests: u64,
-    elapsed: Duration,
-    /// Sorted latencies, ns.
-    latencies: Vec<u64>,
-}
-
-impl Load {
-    fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn quantile_us(&self, p: f64) -> f64 {
-        quantile(&self.latencies, p) as f64 / 1e3
-    }
-}
-
-/// Every connection runs GET /hello back to back until `dur` is over or `max` requests went.
-async fn run_load(conns: Vec<Sender>, dur: Duration, max: u64) -> (Vec<Sender>, Load) {
-    let issued = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let deadline = start + dur;
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .map(|mut s| {
-            let issued = Arc::clone(&issued);
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(1 << 14);
-                while Instant::now() < deadline && issued.fetch_add(1, Ordering::Relaxed) < max {
-                    let t0 = Instant::now();
-                    request(&mut s, "/hello").await;
-                    lat.push(t0.elapsed().as_nanos() as u64);
-                }
-                (s, lat)
-            })
-        })
-        .collect();
-    let mut senders = Vec::new();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        let (s, lat) = t.await.unwrap();
-        senders.push(s);
-        latencies.extend(lat);
-    }
-    let elapsed = start.elapsed();
-    latencies.sort_unstable();
-    let load = Load {
-        requests: latencies.len() as u64,
-        elapsed,
-        latencies,
-    };
-    (senders, load)
-}
-
-async fn measure_load(path: &Route, conns: usize, s: &Settings) -> Load {
-    let mut senders = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        senders.push(path.connect().await);
-    }
-    let (senders, _) = run_load(senders, s.warmup, s.max_requests).await;
-    let (_senders, load) = run_load(senders, s.secs, s.max_requests).await;
-    load
-}
-
-struct Download {
-    bytes: u64,
-    elapsed: Duration,
-    complete: bool,
-}
-
-impl Download {
-    fn mb_per_s(&self) -> f64 {
-        self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
-    }
-}
-
-async fn measure_download(path: &Route, s: &Settings) -> Download {
-    let mut sender = path.connect().await;
-    // One small request first so the connection is warm.
-    request(&mut sender, "/hello").await;
-    let start = Instant::now();
-    let deadline = start + s.download_timeout;
-    sender.ready().await.unwrap();
-    let resp = tokio::time::timeout(
-        OP_TIMEOUT,
-        sender.send_request(get(&format!("/bytes/{}", s.download_bytes))),
-    )
-    .await
-    .expect("download response timed out")
-    .expect("download response");
-    assert!(resp.status().is_success());
-    let mut body = resp.into_body();
-    let mut bytes = 0u64;
-    let mut complete = false;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, body.frame()).await {
-            Ok(Some(frame)) => {
-                if let Ok(data) = frame.expect("download body").into_data() {
-                    bytes += data.len() as u64;
-                }
-            }
-            Ok(None) => {
-                complete = true;
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    let elapsed = start.elapsed();
-    if complete {
-        assert_eq!(bytes, s.download_bytes, "download length");
-    }
-    Download {
-        bytes,
-        elapsed,
-        complete,
-    }
-}
+// New streams and memory
 
 /// Mean cost of a new connection: a TCP connect to the origin, or a dial on the warm session.
 async fn measure_new_stream(path: &Route, max: u64, budget: Duration) -> (u64, f64) {
@@ -441,12 +147,13 @@ async fn measure_new_stream(path: &Route, max: u64, budget: Duration) -> (u64, f
     while n < max && start.elapsed() < budget {
         match path {
             Route::Direct(addr) => drop(TcpStream::connect(addr).await.unwrap()),
-            Route::Postern(dialer, target) => drop(
+            Route::Dialer(dialer, target) => drop(
                 tokio::time::timeout(OP_TIMEOUT, dialer.dial(target))
                     .await
                     .expect("dial timed out")
                     .expect("dial"),
             ),
+            Route::Gateway(_) => unreachable!("the tunnel bench has no gateway"),
         }
         n += 1;
     }
@@ -486,32 +193,11 @@ async fn measure_idle_streams(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = (rss(pids.0), rss(pids.1));
     let deadline = Instant::now() + budget;
-    let senders: Vec<Sender> = futures::stream::iter(0..k)
-        .map(|_| async move {
-            if Instant::now() >= deadline {
-                return None;
-            }
-            Some(path.connect().await)
-        })
-        .buffer_unordered(16)
-        .filter_map(|s| async move { s })
-        .collect()
-        .await;
+    let senders: Vec<Sender> = open_connections(path, k, deadline).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let dialed = (rss(pids.0), rss(pids.1));
     let dialed = rss_result(senders.len(), before, dialed);
-    let senders: Vec<Sender> = futures::stream::iter(senders)
-        .map(|mut s| async move {
-            if Instant::now() >= deadline {
-                return None;
-            }
-            request(&mut s, "/hello").await;
-            Some(s)
-        })
-        .buffer_unordered(16)
-        .filter_map(|s| async move { s })
-        .collect()
-        .await;
+    let senders: Vec<Sender> = request_each(path, senders, "/hello", deadline).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = (rss(pids.0), rss(pids.1));
     let r = rss_result(senders.len(), before, after);
@@ -575,125 +261,17 @@ async fn measure_splices(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Table
-
-struct Row {
-    metric: String,
-    direct: String,
-    postern: String,
-    ratio: String,
-    target: String,
-    result: String,
-}
-
-fn row(metric: &str, direct: Option<f64>, postern: f64, prec: usize) -> Row {
-    Row {
-        metric: metric.into(),
-        direct: direct.map_or("—".into(), |d| format!("{d:.prec$}")),
-        postern: format!("{postern:.prec$}"),
-        ratio: direct
-            .filter(|d| *d > 0.0)
-            .map_or("—".into(), |d| format!("{:.3}x", postern / d)),
-        target: String::new(),
-        result: String::new(),
-    }
-}
-
-fn with_target(mut r: Row, target: &str, pass: bool) -> Row {
-    r.target = target.into();
-    r.result = if pass { "PASS" } else { "MISS" }.into();
-    r
-}
-
-fn print_table(rows: &[Row]) {
-    let headers = [
-        "metric",
-        "direct",
-        "postern",
-        "postern/direct",
-        "target",
-        "result",
-    ];
-    let cells: Vec<[&str; 6]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.metric.as_str(),
-                r.direct.as_str(),
-                r.postern.as_str(),
-                r.ratio.as_str(),
-                r.target.as_str(),
-                r.result.as_str(),
-            ]
-        })
-        .collect();
-    let mut w = headers.map(|h| h.chars().count());
-    for c in &cells {
-        for (i, s) in c.iter().enumerate() {
-            w[i] = w[i].max(s.chars().count());
-        }
-    }
-    let line = |c: [&str; 6]| {
-        let mut out = format!("{:<w0$}", c[0], w0 = w[0]);
-        for i in 1..6 {
-            let pad = w[i] - c[i].chars().count();
-            out.push_str("  ");
-            out.push_str(&" ".repeat(pad));
-            out.push_str(c[i]);
-        }
-        println!("{}", out.trim_end());
-    };
-    line(headers);
-    println!("{}", "-".repeat(w.iter().sum::<usize>() + 2 * 5));
-    for c in cells {
-        line(c);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let s = Settings::from_env();
-    let (relay_bin, cli_bin) = match locate_binaries() {
-        Ok(bins) => bins,
-        Err(searched) => {
-            eprintln!(
-                "tunnel bench: the postern-relay and postern binaries were not found (looked in {}).\n\
-                 Build them first, with the same target directory as the bench:\n\
-                 \x20   cargo build --release -p postern-relay -p postern-sdk\n\
-                 or point POSTERN_BIN_DIR at the directory that holds them.",
-                searched
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
-            std::process::exit(2);
-        }
-    };
+    let bins = binaries_or_exit("tunnel", &["postern-relay", "postern"], BUILD);
+    let (relay_bin, cli_bin) = (&bins[0], &bins[1]);
 
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into());
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("postern tunnel bench — {cpus} CPU(s), {cpu}");
+    println!("postern tunnel bench — {}", machine());
     println!("  relay: {}", relay_bin.display());
     println!("  agent: {} expose", cli_bin.display());
-    for bin in [&relay_bin, &cli_bin] {
-        if let Some(src) = newer_source_than(bin) {
-            println!(
-                "  WARNING: {} is older than {}; rebuild with \
-                 `cargo build --release -p postern-relay -p postern-sdk`",
-                bin.display(),
-                src.display()
-            );
-        }
+    for bin in [relay_bin, cli_bin] {
+        warn_if_stale(bin, &["sdk", "relay", "config"], BUILD);
     }
 
     // Handshake CPU first, while nothing else runs.
@@ -701,145 +279,43 @@ fn main() {
     let hs = measure_handshakes(s.handshakes, postern_sdk::dh::DEFAULT_PEER_CACHE);
 
     let children = Children::default();
-    let guard = Guard {
-        children: children.clone(),
-        dir: temp_dir(),
-    };
+    let guard = Guard::new(children.clone());
     let dir = guard.dir.clone();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    {
-        let children = children.clone();
-        let dir = dir.clone();
-        rt.spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                children.kill_all();
-                let _ = std::fs::remove_dir_all(&dir);
-                eprintln!("interrupted; child processes killed");
-                std::process::exit(130);
-            }
-        });
-    }
+    children.kill_on_ctrl_c(&rt, &dir);
 
-    // Keys and grants, through the CLI like an operator would.
-    let cp_key = dir.join("control-plane.key");
-    let agent_key = dir.join("agent.key");
-    let agent_grants = dir.join("agent.grants");
-    let path_str = |p: &Path| p.to_str().unwrap().to_owned();
-    run_cli(&cli_bin, &["keygen", "--out", &path_str(&cp_key)]);
-    run_cli(&cli_bin, &["keygen", "--out", &path_str(&agent_key)]);
-    run_cli(
-        &cli_bin,
-        &[
-            "grant",
-            "mint",
-            "--signer",
-            &path_str(&cp_key),
-            "--identity-file",
-            &path_str(&agent_key),
-            "--lease",
-            LEASE,
-            "--out",
-            &path_str(&agent_grants),
-        ],
-    );
-    let control_plane = Identity::load(&cp_key).expect("control plane key");
-    let owner = Identity::load(&agent_key).expect("agent key");
-
-    // The relay.
-    let relay_port = free_port();
-    let relay_addr: SocketAddr = format!("127.0.0.1:{relay_port}").parse().unwrap();
-    let relay_cfg = dir.join("relay.toml");
-    std::fs::write(
-        &relay_cfg,
-        format!(
-            "require_dial_grant = true\n\n[listen]\naddr = \"{relay_addr}\"\n\n\
-             [control_plane]\npublic_keys = [\"{}\"]\n\n\
-             [limits]\nmax_streams_per_session = 4096\nmax_streams_per_lease = 4096\n",
-            control_plane.public_base64()
-        ),
-    )
-    .unwrap();
-    let relay_log = dir.join("relay.log");
-    let relay_pid = children.spawn(
-        "postern-relay",
-        Command::new(&relay_bin)
-            .arg("--config")
-            .arg(&relay_cfg)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&relay_log).unwrap())
-            .stderr(std::fs::File::create(dir.join("relay.err")).unwrap()),
-    );
-    wait_for_port(relay_addr, &children, &dir.join("relay.err"));
-    let relay_url = RelayUrl::parse(&format!("ws://{relay_addr}")).unwrap();
+    // Keys and grants, through the CLI like an operator would; then the relay.
+    let keys = Keys::mint(cli_bin, &dir);
+    let relay = start_relay(relay_bin, &children, &dir, &keys);
+    let (relay_pid, relay_url) = (relay.pid, relay.url.clone());
+    let owner = &keys.owner;
 
     let rows = rt.block_on(async {
         let origin = spawn_origin().await;
 
         // The agent: `postern expose` in front of the origin.
-        let agent_log = dir.join("agent.err");
-        let agent_pid = children.spawn(
-            "postern expose",
-            Command::new(&cli_bin)
-                .arg("expose")
-                .arg(format!("http://{origin}"))
-                .args(["--lease", LEASE, "--relay", &relay_url.to_string()])
-                .arg("--grant")
-                .arg(&agent_grants)
-                .arg("--key")
-                .arg(&agent_key)
-                .env("POSTERN_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&agent_log).unwrap()),
-        );
+        let agent = spawn_expose(cli_bin, &children, &dir, origin, &relay_url, &keys);
+        let agent_pid = agent.pid;
         let pids = (relay_pid, agent_pid);
 
         // The dialer, with a grant minted in-process by the same control plane key.
         let me = Identity::generate();
-        let now = unix_now();
-        let grants = vec![grant::mint(
-            &control_plane,
-            &LeaseGrant {
-                workspace: "default".into(),
-                lease_pattern: "*".into(),
-                identity_key: me.verifying_key().to_bytes().to_vec(),
-                issued_at_unix: now,
-                expires_at_unix: now + 3600,
-                permissions: permission::DIAL,
-            },
-        )];
+        let grants = vec![keys.dial_grant(&me)];
         let dialer = Dialer::new(DialerConfig::new(
             relay_url.clone(),
             me.clone(),
             grants.clone(),
         ));
-        let target = LeaseTarget::new(LEASE, owner.verifying_key());
+        let target = keys.target();
 
         // Wait until the lease is online; the first dial also sets up the E2EE session.
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            children.check_alive();
-            match dialer.dial(&target).await {
-                Ok(stream) => {
-                    drop(stream);
-                    break;
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    panic!(
-                        "lease {LEASE} never came online: {e}\nagent log:\n{}",
-                        log_tail(&agent_log)
-                    )
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        wait_for_lease(&dialer, &target, &children, &agent).await;
         let direct = Route::Direct(origin);
-        let postern = Route::Postern(dialer.clone(), Box::new(target.clone()));
+        let postern = Route::Dialer(dialer.clone(), Box::new(target.clone()));
         let mut rows = Vec::new();
         let step = |what: &str| eprintln!("… {what}");
 
@@ -855,7 +331,7 @@ fn main() {
                     &relay_url,
                     &me,
                     &grants,
-                    &owner,
+                    owner,
                     pids,
                     s.splices,
                     s.open_budget,
@@ -868,9 +344,9 @@ fn main() {
 
         for conns in [1usize, 32] {
             step(&format!("GET /hello, {conns} connection(s), direct"));
-            let d = measure_load(&direct, conns, &s).await;
+            let d = measure_load(&direct, conns, "/hello", &s.load).await;
             step(&format!("GET /hello, {conns} connection(s), postern"));
-            let p = measure_load(&postern, conns, &s).await;
+            let p = measure_load(&postern, conns, "/hello", &s.load).await;
             rows.push(row(
                 &format!("req/s, {conns} conn"),
                 Some(d.rps()),
@@ -897,15 +373,14 @@ fn main() {
             ));
         }
 
-        step(&format!("download {} bytes, direct", s.download_bytes));
-        let d = measure_download(&direct, &s).await;
-        step(&format!("download {} bytes, postern", s.download_bytes));
-        let p = measure_download(&postern, &s).await;
-        let label = if s.download_bytes / MIB * MIB == s.download_bytes {
-            format!("{} MiB", s.download_bytes / MIB)
-        } else {
-            format!("{} B", s.download_bytes)
-        };
+        step(&format!("download {} bytes, direct", s.load.download_bytes));
+        let d = measure_download(&direct, &s.load).await;
+        step(&format!(
+            "download {} bytes, postern",
+            s.load.download_bytes
+        ));
+        let p = measure_download(&postern, &s.load).await;
+        let label = size_label(s.load.download_bytes);
         let partial = |x: &Download| if x.complete { "" } else { " (timed out)" };
         let bulk_ratio = p.mb_per_s() / d.mb_per_s();
         rows.push(with_target(

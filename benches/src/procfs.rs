@@ -1,0 +1,136 @@
+//! Linux measurement helpers read from `/proc`: per-thread and per-process CPU time, a process's
+//! resident set size, and a one-line description of the machine. No `unsafe`, no extra
+//! dependencies.
+
+/// Clock ticks per second of the `utime`/`stime` fields of `/proc/<pid>/stat`: `USER_HZ`,
+/// which Linux fixes at 100 for user space on every architecture we run on.
+const USER_HZ: u64 = 100;
+
+/// CPU time this thread has used so far, in nanoseconds (`/proc/thread-self/schedstat`), or
+/// `None` where that file does not exist. The kernel updates it at least once per tick, so time
+/// spans of a few hundred milliseconds or more are needed for a precise difference.
+pub fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// CPU time (user + system, every thread, including exited ones) process `pid` has used so
+/// far, in nanoseconds, from `/proc/<pid>/stat`. Its resolution is one clock tick (10 ms), so
+/// only differences over many requests mean anything.
+pub fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state); utime and stime are fields 14 and 15.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * (1_000_000_000 / USER_HZ))
+}
+
+/// Resident set size (`VmRSS`) of process `pid`, in bytes.
+pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// [`vm_rss_bytes`] of a child that must be running.
+///
+/// # Panics
+/// If `/proc/<pid>/status` cannot be read (the process is gone).
+pub fn rss(pid: u32) -> u64 {
+    vm_rss_bytes(pid).unwrap_or_else(|| panic!("cannot read /proc/{pid}/status"))
+}
+
+/// `"<n> CPU(s), <model name>"` for the header of a bench's output.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpus} CPU(s), {cpu}")
+}
+
+/// CPU time of a fixed set of processes, read together so that differences line up.
+#[derive(Debug, Clone)]
+pub struct CpuMeter {
+    procs: Vec<(&'static str, u32)>,
+}
+
+/// One reading of a [`CpuMeter`].
+#[derive(Debug, Clone)]
+pub struct CpuSnapshot(Vec<u64>);
+
+impl CpuMeter {
+    /// Meters `procs` (name, pid); `std::process::id()` meters this process.
+    pub fn new(procs: Vec<(&'static str, u32)>) -> Self {
+        Self { procs }
+    }
+
+    /// Reads every process now (0 for a process that is gone).
+    pub fn snapshot(&self) -> CpuSnapshot {
+        CpuSnapshot(
+            self.procs
+                .iter()
+                .map(|(_, pid)| process_cpu_ns(*pid).unwrap_or(0))
+                .collect(),
+        )
+    }
+
+    /// `name µs` per operation for each process between two readings, e.g.
+    /// `gateway 41.0, relay 12.3`.
+    pub fn per_op_us(&self, before: &CpuSnapshot, after: &CpuSnapshot, ops: u64) -> String {
+        let ops = ops.max(1) as f64;
+        self.procs
+            .iter()
+            .zip(before.0.iter().zip(&after.0))
+            .map(|((name, _), (b, a))| {
+                format!("{name} {:.1}", a.saturating_sub(*b) as f64 / 1e3 / ops)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// CPU nanoseconds process `name` used between two readings.
+    pub fn delta_ns(&self, name: &str, before: &CpuSnapshot, after: &CpuSnapshot) -> Option<u64> {
+        let i = self.procs.iter().position(|(n, _)| *n == name)?;
+        Some(after.0[i].saturating_sub(before.0[i]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_rss() {
+        assert!(vm_rss_bytes(std::process::id()).unwrap_or(0) > 0);
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(0u64);
+        }
+        assert!(process_cpu_ns(std::process::id()).unwrap_or(0) > 0);
+    }
+}
