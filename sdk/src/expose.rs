@@ -11,7 +11,9 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,6 +23,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::listener::{Listener, PosternStream};
@@ -189,7 +192,32 @@ async fn forward_tcp(mut stream: PosternStream, addr: String, connect_timeout: D
     let _ = tokio::io::copy_bidirectional(&mut stream, &mut origin).await;
 }
 
-async fn serve_http(fwd: Arc<HttpForwarder>, stream: PosternStream) {
+/// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Serves one stream as HTTP/1.1 or HTTP/2, told apart by the first bytes. Choosing the
+/// protocol before building the connection (rather than with hyper-util's `auto` builder,
+/// whose connection future is sized for both protocols) keeps an idle keep-alive stream small:
+/// a gateway may hold thousands of them.
+async fn serve_http(fwd: Arc<HttpForwarder>, mut stream: PosternStream) {
+    let mut prefix = [0u8; H2_PREFACE.len()];
+    let mut n = 0;
+    while n < prefix.len() && prefix[..n] == H2_PREFACE[..n] {
+        match tokio::time::timeout(
+            fwd.opts.request_header_timeout,
+            stream.read(&mut prefix[n..]),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(k)) => n += k,
+        }
+    }
+    let h2 = prefix[..n] == H2_PREFACE[..];
+    let io = TokioIo::new(Prefixed {
+        prefix: Bytes::copy_from_slice(&prefix[..n]),
+        inner: stream,
+    });
     let service = {
         let fwd = Arc::clone(&fwd);
         hyper::service::service_fn(move |req| {
@@ -197,21 +225,74 @@ async fn serve_http(fwd: Arc<HttpForwarder>, stream: PosternStream) {
             async move { Ok::<_, Infallible>(forward(&fwd, req).await) }
         })
     };
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(fwd.opts.request_header_timeout)
-        .max_buf_size(fwd.opts.max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(fwd.opts.max_header_bytes as u32);
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .await
-    {
+    let result = if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(fwd.opts.max_header_bytes as u32)
+            .serve_connection(io, service)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(fwd.opts.request_header_timeout)
+            .max_buf_size(fwd.opts.max_header_bytes.max(8192))
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+    };
+    if let Err(e) = result {
         tracing::debug!(error = %e, "dialer http connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are handed out again before the rest.
+struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -26,6 +26,41 @@ async fn request_through_relay_reaches_exposed_service_with_keep_alive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expose_speaks_http2_to_a_dialer_that_does() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("svc", origin).await;
+    let stream = net.dialer().dial(&target("svc", &owner)).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // Several requests at once on the one stream.
+    let requests = (0..8).map(|_| {
+        let req = http::Request::builder()
+            .uri("http://svc/hello")
+            .body(streaming_body(0))
+            .unwrap();
+        h2.send_request(req)
+    });
+    for resp in futures::future::join_all(requests).await {
+        let resp = resp.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(body_bytes(resp).await, "hello from origin");
+    }
+    let req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri("http://svc/echo")
+        .body(streaming_body(300_000))
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(check_pattern_body(resp).await, 300_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_streams_reuse_the_lease_session() {
     let net = TestNet::start().await;
     let origin = spawn_origin().await;
