@@ -12,7 +12,7 @@
 //!
 //! The relay, the agent and the gateway are the real binaries, run as child processes so each
 //! one's memory and CPU can be read from `/proc/<pid>`. Build them first (same target directory
-//! as the bench): `cargo build --release -p postern-relay -p postern-sdk -p postern-gateway`.
+//! as the bench): `cargo build --release -p postern-relay -p postern-cli -p postern-gateway`.
 //!
 //! Knobs (environment): `POSTERN_BENCH_SECS` (per load measurement, default 3),
 //! `POSTERN_BENCH_DOWNLOAD_BYTES` (default 1 GiB; `64MiB` works), `POSTERN_BENCH_IDLE_CONNS`
@@ -49,7 +49,7 @@ use rand::Rng;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsConnector;
 
-const BUILD: &str = "cargo build --release -p postern-relay -p postern-sdk -p postern-gateway";
+const BUILD: &str = "cargo build --release -p postern-relay -p postern-cli -p postern-gateway";
 /// The origin's small response: `hello from origin`, 17 bytes.
 const SMALL: &str = "/hello";
 const LARGE: &str = "/bytes/65536";

@@ -6,7 +6,7 @@
 //!
 //! The relay and the agent are the real binaries, run as child processes so each one's memory
 //! can be read from `/proc/<pid>/status`. Build them first:
-//! `cargo build --release -p postern-relay -p postern-sdk` (same target directory as the bench).
+//! `cargo build --release -p postern-relay -p postern-cli` (same target directory as the bench).
 //!
 //! Knobs (environment): `POSTERN_BENCH_SECS` (per load measurement, default 3),
 //! `POSTERN_BENCH_DOWNLOAD_BYTES` (default 1 GiB), `POSTERN_BENCH_DIALS` (default 10000),
@@ -37,7 +37,7 @@ use postern_sdk::{ClientOptions, Dialer, DialerConfig, Identity, RelayUrl};
 use postern_tests::spawn_origin;
 use tokio::net::TcpStream;
 
-const BUILD: &str = "cargo build --release -p postern-relay -p postern-sdk";
+const BUILD: &str = "cargo build --release -p postern-relay -p postern-cli";
 
 // ---------------------------------------------------------------------------------------------
 // Settings

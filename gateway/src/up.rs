@@ -1,4 +1,4 @@
-//! `postern-gateway up`: relay and gateway in one process on embedded defaults — a data
+//! `postern up`: relay and gateway in one process on embedded defaults — a data
 //! directory with generated keys, a self-signed certificate and a printed API key — for a
 //! first run on one machine. Nothing here is for production; production runs
 //! `postern-relay` and `postern-gateway` from their config files.
@@ -15,13 +15,20 @@ use postern_sdk::Identity;
 use crate::state::GatewayState;
 use crate::GatewayError;
 
-/// Where `up` listens and keeps its files.
-#[derive(Debug, Clone)]
+/// Where `up` listens and keeps its files (the `postern up` command line).
+#[derive(Debug, Clone, clap::Args)]
 pub struct UpOptions {
+    /// Keys, grants, the certificate and the API key record live here.
+    #[arg(long, default_value = "postern-data")]
     pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7000")]
     pub relay: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8443")]
     pub https: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Lease the printed `expose` command registers.
+    #[arg(long, default_value = "demo")]
     pub lease: String,
 }
 
@@ -143,7 +150,7 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
     println!(
         "postern up: relay ws://{relay}  gateway https://{https} (and http://{http})\n{key_line}\n\n\
          1. expose a local HTTP service (port 3000 here) as lease {lease:?}:\n   \
-         cargo run --release -p postern-sdk --bin postern -- expose http://127.0.0.1:3000 --lease {lease} \
+         cargo run --release --bin postern -- expose http://127.0.0.1:3000 --lease {lease} \
          --relay ws://{relay} --grant {dir}/agent.grants --key {dir}/agent.key\n\n\
          2. call it:\n   \
          curl --cacert {dir}/gateway.crt -H 'Authorization: Bearer {key_for_curl}' https://localhost:{port}/peer/{lease}/\n",

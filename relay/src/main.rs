@@ -105,7 +105,7 @@ mod dev {
         );
         println!("expose a local HTTP service on this relay with:");
         println!(
-            "  cargo run --release -p postern-sdk --bin postern -- expose http://127.0.0.1:3000 \\
+            "  cargo run --release --bin postern -- expose http://127.0.0.1:3000 \\
       --lease demo --relay ws://{listen} --grant {} --key {}",
             grants.display(),
             agent_key.display()

@@ -1,4 +1,4 @@
-//! `postern-gateway up` is the README's "run it" command: started as a real process, it must
+//! `postern up` is the README's "run it" command: started as a real process, it must
 //! print an API key, an `expose` line and a `curl` line that work.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,7 +32,7 @@ impl Drop for Kill {
 async fn up_prints_a_key_and_commands_that_work() {
     let dir = tempfile::tempdir().unwrap();
     let (relay, https, http) = (free_addr(), free_addr(), free_addr());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_postern-gateway"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_postern"))
         .arg("up")
         .arg("--data-dir")
         .arg(dir.path())

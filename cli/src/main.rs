@@ -1,5 +1,7 @@
-//! `postern`: the Postern command-line client.
+//! `postern`: the Postern command line.
 //!
+//! * `postern up` — relay and gateway in one process on embedded defaults (data directory,
+//!   self-signed certificate, printed API key), for a first run on one machine.
 //! * `postern expose http://127.0.0.1:3000 --lease NAME --relay URL --grant FILE` — hold a
 //!   lease and forward every end-to-end-encrypted stream to a local service.
 //! * `postern keygen --out FILE` — a new identity key (mode 0600).
@@ -33,6 +35,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Relay and gateway in one process: generated keys, a self-signed certificate and an API
+    /// key in a data directory; prints a working `postern expose` and `curl` line.
+    Up(postern_gateway::up::UpOptions),
     /// Hold a lease on a relay and forward its streams to a local service.
     Expose(ExposeArgs),
     /// Hold every lease of an agent config file (see config/examples/agent.toml).
@@ -133,6 +138,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Up(opts) => Ok(postern_gateway::up::run(opts).await?),
         Command::Expose(args) => expose_cmd(args).await,
         Command::Agent { config } => agent_cmd(&config).await,
         Command::Keygen { out } => {
