@@ -38,6 +38,8 @@ use postern_tests::spawn_origin;
 use tokio::net::TcpStream;
 
 const BUILD: &str = "cargo build --release -p postern-relay -p postern-cli";
+/// The idle-stream target, "20 KB", read strictly: 20,000 bytes.
+const IDLE_STREAM_BYTES: f64 = 20_000.0;
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -417,8 +419,8 @@ fn main() {
                 kib(idle.relay_per),
                 2,
             ),
-            "<= 20 KB",
-            idle.relay_per <= 20.0 * 1024.0,
+            "<= 20 KB (19.53 KiB)",
+            idle.relay_per <= IDLE_STREAM_BYTES,
         ));
         rows.push(with_target(
             row(
@@ -430,8 +432,8 @@ fn main() {
                 kib(idle.agent_per),
                 2,
             ),
-            "<= 20 KB",
-            idle.agent_per <= 20.0 * 1024.0,
+            "<= 20 KB (19.53 KiB)",
+            idle.agent_per <= IDLE_STREAM_BYTES,
         ));
         if let Some(sp) = &splices {
             rows.push(row(

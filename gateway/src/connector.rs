@@ -8,9 +8,19 @@
 //!
 //! The responder is pinned: [`LeaseTarget::owner_identity`] comes from the gateway's config
 //! (the control plane's record), never from the relay.
+//!
+//! [`UpgradeGate`] works around cloudflare/pingora#946 (open, unfixed in 0.9.1): Pingora tears
+//! an HTTP/1 upgrade down right after the `101` when it reads the `101` before it has handled
+//! the upgrade request's own (empty) end of body — a race between the two halves of its proxy
+//! loop that a loaded machine hits (seen in CI). For an upgrade request the connector's
+//! stream holds back every byte from upstream until the request body's end has been handed to
+//! the upstream half (`request_body_filter` with `end_of_stream`), and then one read longer, so
+//! that the body's end is always consumed before the `101` can be read.
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use async_trait::async_trait;
@@ -23,9 +33,28 @@ use postern_sdk::mux::MuxStream;
 use postern_sdk::{Dialer, LeaseTarget};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// Holds upstream bytes back until the upgrade request's body has ended (see the module docs).
+#[derive(Debug, Default)]
+pub struct UpgradeGate {
+    open: AtomicBool,
+    waker: futures::task::AtomicWaker,
+}
+
+impl UpgradeGate {
+    /// The request body has ended: upstream bytes may flow (after one more read attempt).
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
 /// An inner E2EE stream as Pingora's virtual socket.
 #[derive(Debug)]
-struct TunnelSocket(MuxStream);
+struct TunnelSocket {
+    stream: MuxStream,
+    /// For an upgrade request: the gate, and whether a read has been deferred since it opened.
+    gate: Option<(Arc<UpgradeGate>, bool)>,
+}
 
 impl AsyncRead for TunnelSocket {
     fn poll_read(
@@ -33,7 +62,21 @@ impl AsyncRead for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        if let Some((gate, deferred)) = &mut self.gate {
+            gate.waker.register(cx.waker());
+            if !gate.open.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            if !*deferred {
+                // The body's end was queued in the same poll that opened the gate: give the
+                // upstream half one turn to consume it before the response can be read.
+                *deferred = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.gate = None;
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
@@ -43,15 +86,15 @@ impl AsyncWrite for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -69,6 +112,8 @@ impl VirtualSocket for TunnelSocket {
 pub struct TunnelConnector {
     pub dialer: Dialer,
     pub target: LeaseTarget,
+    /// Set for an upgrade request.
+    pub upgrade_gate: Option<Arc<UpgradeGate>>,
 }
 
 #[async_trait]
@@ -82,7 +127,10 @@ impl L4Connect for TunnelConnector {
             )
         })?;
         Ok(Stream::from(VirtualSocketStream::new(Box::new(
-            TunnelSocket(stream),
+            TunnelSocket {
+                stream,
+                gate: self.upgrade_gate.clone().map(|g| (g, false)),
+            },
         ))))
     }
 }

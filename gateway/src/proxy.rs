@@ -25,7 +25,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
 
-use crate::connector::TunnelConnector;
+use crate::connector::{TunnelConnector, UpgradeGate};
 use crate::header_deadline::HeaderDeadlineStream;
 use crate::problem::Problem;
 use crate::state::GatewayState;
@@ -40,6 +40,10 @@ pub struct RequestCtx {
     pub key_id: Option<String>,
     pub original_host: Option<String>,
     pub body_bytes: u64,
+    /// For an upgrade request: opened when its body ends (cloudflare/pingora#946 workaround).
+    pub upgrade_gate: Option<Arc<UpgradeGate>>,
+    /// The request body has ended (seen by `request_body_filter`).
+    pub body_ended: bool,
 }
 
 /// The gateway's proxy logic.
@@ -215,9 +219,15 @@ impl ProxyHttp for GatewayProxy {
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        if end_of_stream {
+            ctx.body_ended = true;
+            if let Some(gate) = &ctx.upgrade_gate {
+                gate.open();
+            }
+        }
         if let Some(chunk) = body {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > self.state.config.limits.max_request_body_bytes {
@@ -232,7 +242,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<Box<HttpPeer>> {
         let lease = ctx
@@ -262,9 +272,17 @@ impl ProxyHttp for GatewayProxy {
         // SSE and WebSocket are bounded by idle time, not total time.
         peer.options.read_timeout = Some(limits.upstream_idle_timeout);
         peer.options.write_timeout = Some(limits.upstream_idle_timeout);
+        if session.is_upgrade_req() {
+            let gate = Arc::new(UpgradeGate::default());
+            if ctx.body_ended {
+                gate.open();
+            }
+            ctx.upgrade_gate = Some(gate);
+        }
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
             dialer: self.state.dialer.clone(),
             target,
+            upgrade_gate: ctx.upgrade_gate.clone(),
         }));
         Ok(Box::new(peer))
     }

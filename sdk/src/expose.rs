@@ -218,11 +218,14 @@ async fn serve_http(fwd: Arc<HttpForwarder>, mut stream: PosternStream) {
         prefix: Bytes::copy_from_slice(&prefix[..n]),
         inner: stream,
     });
+    // hyper keeps one slot for the service's future per connection, for the connection's
+    // whole life; boxed, the slot is a pointer and the request's state lives only while the
+    // request does.
     let service = {
         let fwd = Arc::clone(&fwd);
         hyper::service::service_fn(move |req| {
             let fwd = Arc::clone(&fwd);
-            async move { Ok::<_, Infallible>(forward(&fwd, req).await) }
+            Box::pin(async move { Ok::<_, Infallible>(forward(&fwd, req).await) })
         })
     };
     let result = if h2 {

@@ -278,6 +278,11 @@ pub async fn send(
     client.send_request(req).await.expect("response")
 }
 
+/// An empty request body.
+pub fn empty() -> Body {
+    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
+}
+
 /// A GET request for `path`.
 pub fn get(path: &str) -> Request<Body> {
     Request::get(path)

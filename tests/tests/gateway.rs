@@ -5,11 +5,6 @@ use http::{Method, StatusCode};
 use postern_tests::gateway::{authed, TestGateway};
 use postern_tests::*;
 
-fn empty() -> http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error> {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_post_through_the_gateway_over_http1_and_http2() {
     let net = TestNet::start().await;

@@ -138,11 +138,6 @@ async fn slow_request_heads_are_cut_and_slow_bodies_are_not() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
-fn empty() -> http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error> {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new().map_err(|n| match n {}).boxed()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_over_the_limit_gets_413() {
     let net = TestNet::start().await;
