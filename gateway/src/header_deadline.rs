@@ -6,8 +6,10 @@
 //! connection is wrapped in a [`HeaderDeadlineStream`], whose reads fail with `TimedOut` once
 //! its deadline passes, and the deadline is moved by the request path:
 //!
-//! * on accept: `request_header_timeout` from now — the first head must be complete by then
-//!   (HTTP/2 connections are not armed: their heads arrive in frames that the h2 layer bounds);
+//! * on accept: `request_header_timeout` from now — the first head must be complete by then.
+//!   For HTTP/2 the bound covers the connection preface: the deadline lifts itself once the
+//!   client's 24-byte preface has been read (Pingora's h2 handshake has no timeout of its own),
+//!   and an idle HTTP/2 connection is then closed by Pingora's `h2_idle_timeout`;
 //! * when a head has been read (`early_request_filter`): disarmed, so bodies, SSE and
 //!   WebSocket streams are never cut by it;
 //! * when a request ends (`logging`): `keepalive_timeout + request_header_timeout` from now —
@@ -45,7 +47,12 @@ pub struct HeaderDeadlineStream {
     deadline: AtomicU64,
     /// The timer for the deadline last seen by a read, and that deadline.
     timer: Option<(u64, Pin<Box<Sleep>>)>,
+    /// HTTP/2: preface bytes still to be read before the deadline lifts itself.
+    h2_preface_left: usize,
 }
+
+/// Length of the HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE_LEN: usize = 24;
 
 impl HeaderDeadlineStream {
     pub fn new(inner: Stream) -> Self {
@@ -54,7 +61,18 @@ impl HeaderDeadlineStream {
             base: Instant::now(),
             deadline: AtomicU64::new(0),
             timer: None,
+            h2_preface_left: 0,
         }
+    }
+
+    /// An HTTP/2 connection: armed until its connection preface has been read.
+    fn for_h2(inner: Stream, after: Duration) -> Self {
+        let s = Self {
+            h2_preface_left: H2_PREFACE_LEN,
+            ..Self::new(inner)
+        };
+        s.arm(after);
+        s
     }
 
     /// Reads fail once `after` has passed from now (until disarmed or moved).
@@ -109,7 +127,16 @@ impl AsyncRead for HeaderDeadlineStream {
                 "request headers not complete before the deadline",
             )));
         }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.h2_preface_left > 0 {
+            let read = buf.filled().len() - before;
+            self.h2_preface_left = self.h2_preface_left.saturating_sub(read);
+            if self.h2_preface_left == 0 {
+                self.disarm();
+            }
+        }
+        result
     }
 }
 
@@ -236,11 +263,13 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let h2 = matches!(session.selected_alpn_proto(), Some(ALPN::H2));
-        let wrapped = HeaderDeadlineStream::new(session);
-        if !h2 {
+        let wrapped = if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            HeaderDeadlineStream::for_h2(session, self.header_timeout)
+        } else {
+            let wrapped = HeaderDeadlineStream::new(session);
             wrapped.arm(self.header_timeout);
-        }
+            wrapped
+        };
         self.inner.process_new(Box::new(wrapped), shutdown).await
     }
 

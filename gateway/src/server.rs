@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
 use pingora::server::configuration::ServerConf;
@@ -83,10 +84,13 @@ pub async fn serve(
     let listen = state.config.listen.clone();
     let conf = Arc::new(ServerConf::default());
     let limits = state.config.limits.clone();
-    let app = HeaderDeadlineApp::new(
-        pingora::proxy::http_proxy(&conf, GatewayProxy { state }),
-        limits.request_header_timeout,
-    );
+    let mut proxy = pingora::proxy::http_proxy(&conf, GatewayProxy { state });
+    // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
+    // idle HTTP/1.1 connection is.
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(limits.keepalive_timeout);
+    proxy.server_options = Some(options);
+    let app = HeaderDeadlineApp::new(proxy, limits.request_header_timeout);
     // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
     // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1 parser
     // buffer on their own, so the size comes from config (default: none).

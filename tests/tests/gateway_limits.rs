@@ -226,3 +226,87 @@ async fn an_origin_that_is_down_gives_502() {
         );
     }
 }
+
+/// Reads a TLS stream until the peer closes; panics after `within`.
+async fn tls_closed_within<S: tokio::io::AsyncRead + Unpin>(tls: &mut S, within: Duration) {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the gateway kept an idle HTTP/2 connection open");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+
+    // ALPN h2, then silence: Pingora's h2 handshake waits for the preface with no timeout of
+    // its own; the header deadline closes it.
+    let mut silent = gw.tls_stream(&[b"h2"]).await;
+    assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    tls_closed_within(&mut silent, Duration::from_secs(20)).await;
+
+    // Half a preface is cut by the same deadline.
+    let mut half = gw.tls_stream(&[b"h2"]).await;
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    tls_closed_within(&mut half, Duration::from_secs(20)).await;
+
+    // A full preface and then nothing: the connection is up but has no stream; the h2 idle
+    // timeout (the keep-alive time) closes it.
+    let mut preface_only = gw.tls_stream(&[b"h2"]).await;
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    tls_closed_within(&mut preface_only, Duration::from_secs(20)).await;
+
+    // A real HTTP/2 client: one request works, and the idle connection is then closed.
+    let tls = gw.tls_stream(&[b"h2"]).await;
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = authed(
+        Method::GET,
+        "https://localhost/peer/web/hello",
+        &gw.api_key,
+        empty(),
+    );
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"hello from origin");
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .expect("the gateway kept an idle HTTP/2 connection open")
+        .unwrap()
+        .ok();
+
+    // The gateway still serves.
+    let mut h2 = gw.h2().await;
+    let resp = h2
+        .send_request(authed(
+            Method::GET,
+            "https://localhost/peer/web/hello",
+            &gw.api_key,
+            empty(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
