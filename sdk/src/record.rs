@@ -9,6 +9,13 @@
 //!
 //! Records are decrypted in place in the receive buffer and handed out from there; outgoing
 //! data is copied once into the send buffer and sealed in place.
+//!
+//! Writes are coalesced into records: a write appends to the open record at the tail of the
+//! send buffer, which is sealed when it is full or on flush. A flush with an open record first
+//! yields once (waking itself) so that whatever else the writing task has ready this turn —
+//! yamux writes a frame's 12-byte header and its body as two writes, and flushes after every
+//! frame — joins the same record: one AEAD operation and one relay frame instead of several.
+//! A flush completes once the open record has stopped growing, so it never waits on a timer.
 
 use std::io;
 use std::pin::Pin;
@@ -36,8 +43,12 @@ pub struct SecureStream<T> {
     rbuf: BytesMut,
     /// Decrypted plaintext not yet handed to the reader.
     plain: Bytes,
-    /// Sealed records not yet written to the transport.
+    /// Sealed records not yet written to the transport, then the open record, if any.
     wbuf: BytesMut,
+    /// Offset in `wbuf` of the open (unsealed) record's length prefix.
+    open: Option<usize>,
+    /// Length of the open record when a flush last yielded to let it grow.
+    flush_yielded_at: Option<usize>,
     read_state: ReadState,
     close_notify_sent: bool,
 }
@@ -77,6 +88,8 @@ impl<T> SecureStream<T> {
             rbuf: BytesMut::new(),
             plain: Bytes::new(),
             wbuf: BytesMut::new(),
+            open: None,
+            flush_yielded_at: None,
             read_state: ReadState::Open,
             close_notify_sent: false,
         }
@@ -91,23 +104,55 @@ impl<T> SecureStream<T> {
         &self.io
     }
 
-    /// Seals one record of `plaintext` (possibly empty: close_notify) into the send buffer.
-    fn seal(&mut self, plaintext: &[u8]) -> io::Result<()> {
-        debug_assert!(plaintext.len() <= MAX_RECORD_PLAINTEXT);
+    /// Appends up to one record's worth of `data` to the open record (opening one if needed)
+    /// and seals it when full; returns how many bytes were taken.
+    fn buffer(&mut self, data: &[u8]) -> io::Result<usize> {
+        let start = match self.open {
+            Some(start) => start,
+            None => {
+                let start = self.wbuf.len();
+                self.wbuf
+                    .reserve(2 + data.len().min(MAX_RECORD_PLAINTEXT) + TAG_LEN);
+                self.wbuf.put_u16(0);
+                self.open = Some(start);
+                start
+            }
+        };
+        let room = MAX_RECORD_PLAINTEXT - (self.wbuf.len() - start - 2);
+        let n = data.len().min(room);
+        self.wbuf.extend_from_slice(&data[..n]);
+        if n == room {
+            self.seal_open()?;
+        }
+        Ok(n)
+    }
+
+    /// Seals the open record, if any.
+    fn seal_open(&mut self) -> io::Result<()> {
+        let Some(start) = self.open.take() else {
+            return Ok(());
+        };
+        let plaintext_len = self.wbuf.len() - start - 2;
+        debug_assert!(plaintext_len <= MAX_RECORD_PLAINTEXT);
         if self.send.nonce() > 0 && self.send.nonce() % REKEY_INTERVAL == 0 {
             self.send.rekey();
         }
-        let len = plaintext.len() + TAG_LEN;
-        self.wbuf.reserve(2 + len);
-        self.wbuf.put_u16(len as u16);
-        let start = self.wbuf.len();
-        self.wbuf.extend_from_slice(plaintext);
+        let len = (plaintext_len + TAG_LEN) as u16;
+        self.wbuf[start..start + 2].copy_from_slice(&len.to_be_bytes());
         let tag = self
             .send
-            .encrypt_in_place(&[], &mut self.wbuf[start..])
+            .encrypt_in_place(&[], &mut self.wbuf[start + 2..])
             .map_err(io::Error::other)?;
         self.wbuf.extend_from_slice(&tag);
         Ok(())
+    }
+
+    /// Seals what is open, then an empty record: the authenticated end of stream.
+    fn seal_close_notify(&mut self) -> io::Result<()> {
+        self.seal_open()?;
+        self.open = Some(self.wbuf.len());
+        self.wbuf.put_u16(0);
+        self.seal_open()
     }
 
     /// Decrypts the next complete record in `rbuf`, if any, into `plain`.
@@ -144,16 +189,23 @@ impl<T> SecureStream<T> {
 }
 
 impl<T: AsyncWrite + Unpin> SecureStream<T> {
-    /// Writes queued records to the transport until it would block or the queue is empty.
+    /// Writes sealed records to the transport until it would block or none are left (the open
+    /// record stays).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.wbuf.is_empty() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf))?;
+        loop {
+            let sealed = self.open.unwrap_or(self.wbuf.len());
+            if sealed == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[..sealed]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.wbuf.advance(n);
+            if let Some(open) = &mut self.open {
+                *open -= n;
+            }
         }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -209,14 +261,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         if this.wbuf.len() >= SEND_HIGH_WATER {
+            this.seal_open()?;
             ready!(this.poll_drain(cx))?;
         }
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        let n = buf.len().min(MAX_RECORD_PLAINTEXT);
-        this.seal(&buf[..n])?;
-        // Opportunistic: push what we can now; the rest goes on the next write or flush.
+        let n = this.buffer(buf)?;
+        // Opportunistic: push sealed records now; the open one goes on flush.
         if let Poll::Ready(Err(e)) = this.poll_drain(cx) {
             return Poll::Ready(Err(e));
         }
@@ -224,13 +276,25 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SecureStream<T> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.io).poll_flush(cx)
+        let this = &mut *self;
+        if let Some(start) = this.open {
+            let open_len = this.wbuf.len() - start;
+            if this.flush_yielded_at != Some(open_len) {
+                // Let the rest of this turn's writes join the open record (module docs).
+                this.flush_yielded_at = Some(open_len);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            this.seal_open()?;
+        }
+        this.flush_yielded_at = None;
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.close_notify_sent {
-            self.seal(&[])?;
+            self.seal_close_notify()?;
             self.close_notify_sent = true;
         }
         ready!(self.poll_drain(cx))?;
@@ -255,6 +319,60 @@ mod tests {
         let (m2, rs) = r.write_message(b"").unwrap();
         let (_, is) = i.read_message(&m2).unwrap();
         (is, rs)
+    }
+
+    #[tokio::test]
+    async fn writes_before_a_flush_share_one_record() {
+        let (is, rs) = splits();
+        let (a_io, mut a_raw) = tokio::io::duplex(1 << 16);
+        let mut a = SecureStream::new(a_io, is);
+        // yamux's pattern: a 12-byte frame header, a flush, the body, a flush.
+        a.write_all(&[1u8; 12]).await.unwrap();
+        {
+            // The first flush yields so that the body can join.
+            let flush = std::pin::pin!(a.flush());
+            assert!(futures::poll!(flush).is_pending());
+        }
+        a.write_all(&[2u8; 100]).await.unwrap();
+        a.flush().await.unwrap();
+        let mut record = vec![0u8; 2 + 112 + TAG_LEN];
+        a_raw.read_exact(&mut record).await.unwrap();
+        assert_eq!(
+            u16::from_be_bytes([record[0], record[1]]) as usize,
+            112 + TAG_LEN
+        );
+        let mut more = [0u8; 1];
+        let nothing_else =
+            tokio::time::timeout(std::time::Duration::from_millis(50), a_raw.read(&mut more)).await;
+        assert!(nothing_else.is_err(), "a second record was sent");
+
+        let (b_io, mut b_raw) = tokio::io::duplex(1 << 16);
+        let mut b = SecureStream::new(b_io, rs);
+        b_raw.write_all(&record).await.unwrap();
+        let mut plain = [0u8; 112];
+        b.read_exact(&mut plain).await.unwrap();
+        assert_eq!(&plain[..12], &[1u8; 12]);
+        assert_eq!(&plain[12..], &[2u8; 100]);
+    }
+
+    #[tokio::test]
+    async fn a_long_write_is_split_into_full_records() {
+        let (is, rs) = splits();
+        let (a_io, b_io) = tokio::io::duplex(1 << 20);
+        let mut a = SecureStream::new(a_io, is);
+        let mut b = SecureStream::new(b_io, rs);
+        let payload: Vec<u8> = (0..3 * MAX_RECORD_PLAINTEXT + 7).map(|i| i as u8).collect();
+        let writer = {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                a.write_all(&payload).await.unwrap();
+                a.shutdown().await.unwrap();
+            })
+        };
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, payload);
+        writer.await.unwrap();
     }
 
     fn pair(cap: usize) -> (SecureStream<DuplexStream>, SecureStream<DuplexStream>) {

@@ -2,7 +2,10 @@
 //!
 //! Writes are coalesced: bytes accumulate until a flush (or until the buffer reaches the
 //! message size cap) and then go out as one binary message, so a yamux frame header and its
-//! body never cost two WebSocket messages. Reads hand out binary message payloads without
+//! body never cost two WebSocket messages. yamux flushes after every frame; a flush with
+//! bytes pending first yields once (waking itself) so the other frames its task has ready
+//! this turn join the same message — one message and one `sendto` for a burst of frames
+//! instead of one each. A flush completes once the buffer has stopped growing. Reads hand out binary message payloads without
 //! copying them into an intermediate buffer. Text messages are a protocol violation; a close
 //! frame is end of stream. Ping/pong is answered by tungstenite itself.
 
@@ -23,6 +26,8 @@ pub struct WsByteStream<S> {
     ws: S,
     read_buf: Bytes,
     write_buf: BytesMut,
+    /// Length of `write_buf` when a flush last yielded to let it grow.
+    flush_yielded_at: Option<usize>,
     read_closed: bool,
 }
 
@@ -32,6 +37,7 @@ impl<S> WsByteStream<S> {
             ws,
             read_buf: Bytes::new(),
             write_buf: BytesMut::with_capacity(16 * 1024),
+            flush_yielded_at: None,
             read_closed: false,
         }
     }
@@ -119,6 +125,14 @@ where
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let pending = self.write_buf.len();
+        if pending > 0 && self.flush_yielded_at != Some(pending) {
+            // Let the rest of this turn's frames join the message (module docs).
+            self.flush_yielded_at = Some(pending);
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.flush_yielded_at = None;
         ready!(self.poll_send_pending(cx))?;
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
@@ -163,6 +177,27 @@ mod tests {
         b.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, payload);
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn writes_before_a_flush_share_one_message() {
+        use futures::StreamExt;
+        let (a, b) = tokio::io::duplex(1 << 16);
+        let a = WebSocketStream::from_raw_socket(a, Role::Client, None).await;
+        let mut b = WebSocketStream::from_raw_socket(b, Role::Server, None).await;
+        let mut a = WsByteStream::new(a);
+        a.write_all(&[1u8; 12]).await.unwrap();
+        {
+            // The first flush yields so that the body can join.
+            let flush = std::pin::pin!(a.flush());
+            assert!(futures::poll!(flush).is_pending());
+        }
+        a.write_all(&[2u8; 100]).await.unwrap();
+        a.flush().await.unwrap();
+        match b.next().await.unwrap().unwrap() {
+            Message::Binary(data) => assert_eq!(data.len(), 112),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[tokio::test]
