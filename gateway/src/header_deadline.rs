@@ -16,7 +16,13 @@
 //!   a kept-alive connection may sit idle for the keep-alive time and must then deliver the
 //!   next head in full.
 //!
-//! [`HeaderDeadlineApp`] does the wrapping around Pingora's HTTP application.
+//! [`HeaderDeadlineApp`] does the wrapping around Pingora's HTTP application. For HTTP/1 it
+//! also runs the keep-alive loop that Pingora would run, with one difference: between two
+//! requests it waits for the first byte of the next head itself, and only then builds
+//! Pingora's session and request future. An idle keep-alive connection so holds the socket,
+//! TLS state and this small wait — not Pingora's ~12 KiB of per-request session and future —
+//! which is most of the memory an idle client costs. (Pipelining, which would need the
+//! carried-over bytes, is never enabled in this gateway.)
 
 use std::future::Future;
 use std::io;
@@ -27,7 +33,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
     ALPN,
@@ -49,6 +56,9 @@ pub struct HeaderDeadlineStream {
     timer: Option<(u64, Pin<Box<Sleep>>)>,
     /// HTTP/2: preface bytes still to be read before the deadline lifts itself.
     h2_preface_left: usize,
+    /// HTTP/1: the next head's first byte, read by [`Self::wait_for_head`] and handed out by
+    /// the next read.
+    first_byte: Option<u8>,
 }
 
 /// Length of the HTTP/2 client connection preface (RFC 9113 §3.4).
@@ -62,6 +72,7 @@ impl HeaderDeadlineStream {
             deadline: AtomicU64::new(0),
             timer: None,
             h2_preface_left: 0,
+            first_byte: None,
         }
     }
 
@@ -84,6 +95,21 @@ impl HeaderDeadlineStream {
 
     pub fn disarm(&self) {
         self.deadline.store(0, Ordering::Release);
+    }
+
+    /// Waits until the next request head's first byte has arrived (it stays to be read);
+    /// `false` when the client closed the connection. Bounded by the armed deadline.
+    pub async fn wait_for_head(&mut self) -> io::Result<bool> {
+        if self.first_byte.is_some() {
+            return Ok(true);
+        }
+        let mut byte = [0u8; 1];
+        let n = tokio::io::AsyncReadExt::read(self, &mut byte).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.first_byte = Some(byte[0]);
+        Ok(true)
     }
 
     /// The wrapper under a downstream session's stream, if it is one.
@@ -126,6 +152,16 @@ impl AsyncRead for HeaderDeadlineStream {
                 io::ErrorKind::TimedOut,
                 "request headers not complete before the deadline",
             )));
+        }
+        if let Some(byte) = self.first_byte {
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            buf.put_slice(&[byte]);
+            self.first_byte = None;
+            // Whatever else has arrived comes along; an error will show on the next read.
+            let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -257,23 +293,71 @@ impl<A> HeaderDeadlineApp<A> {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let wrapped = if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
-            HeaderDeadlineStream::for_h2(session, self.header_timeout)
-        } else {
-            let wrapped = HeaderDeadlineStream::new(session);
-            wrapped.arm(self.header_timeout);
-            wrapped
-        };
-        self.inner.process_new(Box::new(wrapped), shutdown).await
+        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            let wrapped = HeaderDeadlineStream::for_h2(session, self.header_timeout);
+            return self.inner.process_new(Box::new(wrapped), shutdown).await;
+        }
+        let wrapped = HeaderDeadlineStream::new(session);
+        wrapped.arm(self.header_timeout);
+        self.serve_http1(Box::new(wrapped), shutdown).await;
+        None
     }
 
     async fn cleanup(&self) {
-        self.inner.cleanup().await;
+        self.inner.http_cleanup().await;
     }
 }
+
+impl<A: HttpServerApp + Send + Sync + 'static> HeaderDeadlineApp<A> {
+    /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), waiting for each head's
+    /// first byte before a session is built (module docs).
+    async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let mut closing = shutdown.clone();
+            // An idle connection is closed when the server starts shutting down.
+            let arrived = tokio::select! {
+                biased;
+                arrived = stream.wait_for_head() => arrived,
+                Ok(()) = closing.changed() => return,
+            };
+            if !matches!(arrived, Ok(true)) {
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if first {
+                let shutting_down = *shutdown.borrow();
+                session.set_keepalive((!shutting_down).then_some(PINGORA_KEEPALIVE_SECS));
+                session.set_keepalive_reuses_remaining(
+                    self.inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+                first = false;
+            } else if let Some(settings) = persistent.take() {
+                settings.apply_to_session(&mut session);
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            // Always ours: Pingora hands back the stream it was given.
+            let Ok(next) = next.into_any().downcast::<HeaderDeadlineStream>() else {
+                return;
+            };
+            stream = next;
+            persistent = settings;
+        }
+    }
+}
+
+/// The per-read keep-alive timeout Pingora sets on a new HTTP/1 session; the gateway's own
+/// keep-alive bound is the header deadline, set again when each request ends.
+const PINGORA_KEEPALIVE_SECS: u64 = 60;
