@@ -355,26 +355,6 @@ mod tests {
         assert_eq!(&plain[12..], &[2u8; 100]);
     }
 
-    #[tokio::test]
-    async fn a_long_write_is_split_into_full_records() {
-        let (is, rs) = splits();
-        let (a_io, b_io) = tokio::io::duplex(1 << 20);
-        let mut a = SecureStream::new(a_io, is);
-        let mut b = SecureStream::new(b_io, rs);
-        let payload: Vec<u8> = (0..3 * MAX_RECORD_PLAINTEXT + 7).map(|i| i as u8).collect();
-        let writer = {
-            let payload = payload.clone();
-            tokio::spawn(async move {
-                a.write_all(&payload).await.unwrap();
-                a.shutdown().await.unwrap();
-            })
-        };
-        let mut got = Vec::new();
-        b.read_to_end(&mut got).await.unwrap();
-        assert_eq!(got, payload);
-        writer.await.unwrap();
-    }
-
     fn pair(cap: usize) -> (SecureStream<DuplexStream>, SecureStream<DuplexStream>) {
         let (a, b) = tokio::io::duplex(cap);
         let (sa, sb) = splits();
@@ -384,7 +364,8 @@ mod tests {
     #[tokio::test]
     async fn large_transfer_round_trips_across_rekeys() {
         let (mut a, mut b) = pair(1 << 16);
-        // Enough single-byte-ish records to cross a rekey boundary, then one big chunk.
+        // Enough tiny records to cross a rekey boundary (a flush closes each one), then a chunk
+        // spanning several full records.
         let reader = tokio::spawn(async move {
             let mut got = Vec::new();
             b.read_to_end(&mut got).await.unwrap();
@@ -394,12 +375,14 @@ mod tests {
         for i in 0..(REKEY_INTERVAL + 10) {
             let chunk = [(i % 251) as u8; 3];
             a.write_all(&chunk).await.unwrap();
+            a.flush().await.unwrap();
             sent.extend_from_slice(&chunk);
         }
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 13) as u8).collect();
         a.write_all(&big).await.unwrap();
         sent.extend_from_slice(&big);
         a.shutdown().await.unwrap();
+        assert!(a.send.nonce() > REKEY_INTERVAL, "no rekey was crossed");
         assert_eq!(reader.await.unwrap(), sent);
     }
 

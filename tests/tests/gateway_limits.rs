@@ -31,7 +31,7 @@ async fn trickle_until_closed(tcp: &mut TcpStream, line: &[u8], max_lines: usize
 }
 
 /// Reads until the peer closes; panics after `within`.
-async fn closed_within(tcp: &mut TcpStream, within: Duration) {
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(tcp: &mut S, within: Duration) {
     let mut buf = [0u8; 4096];
     tokio::time::timeout(within, async {
         loop {
@@ -227,21 +227,6 @@ async fn an_origin_that_is_down_gives_502() {
     }
 }
 
-/// Reads a TLS stream until the peer closes; panics after `within`.
-async fn tls_closed_within<S: tokio::io::AsyncRead + Unpin>(tls: &mut S, within: Duration) {
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("the gateway kept an idle HTTP/2 connection open");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
     let net = TestNet::start().await;
@@ -253,12 +238,12 @@ async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
     // its own; the header deadline closes it.
     let mut silent = gw.tls_stream(&[b"h2"]).await;
     assert_eq!(silent.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    tls_closed_within(&mut silent, Duration::from_secs(20)).await;
+    closed_within(&mut silent, Duration::from_secs(20)).await;
 
     // Half a preface is cut by the same deadline.
     let mut half = gw.tls_stream(&[b"h2"]).await;
     half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
-    tls_closed_within(&mut half, Duration::from_secs(20)).await;
+    closed_within(&mut half, Duration::from_secs(20)).await;
 
     // A full preface and then nothing: the connection is up but has no stream; the h2 idle
     // timeout (the keep-alive time) closes it.
@@ -267,7 +252,7 @@ async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
         .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .unwrap();
-    tls_closed_within(&mut preface_only, Duration::from_secs(20)).await;
+    closed_within(&mut preface_only, Duration::from_secs(20)).await;
 
     // A real HTTP/2 client: one request works, and the idle connection is then closed.
     let tls = gw.tls_stream(&[b"h2"]).await;
