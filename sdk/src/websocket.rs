@@ -126,14 +126,16 @@ where
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let pending = self.write_buf.len();
-        if pending > 0 && self.flush_yielded_at != Some(pending) {
-            // Let the rest of this turn's frames join the message (module docs).
-            self.flush_yielded_at = Some(pending);
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
+        if pending > 0 {
+            if self.flush_yielded_at != Some(pending) {
+                // Let the rest of this turn's frames join the message (module docs).
+                self.flush_yielded_at = Some(pending);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            ready!(self.poll_send_pending(cx))?;
+            self.flush_yielded_at = None;
         }
-        self.flush_yielded_at = None;
-        ready!(self.poll_send_pending(cx))?;
         Pin::new(&mut self.ws).poll_flush(cx).map_err(to_io)
     }
 
