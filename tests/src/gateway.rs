@@ -25,7 +25,7 @@ pub struct TestGateway {
     pub api_key: String,
     pub state: Arc<GatewayState>,
     pub ca: CertificateDer<'static>,
-    _shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -114,9 +114,14 @@ impl TestGateway {
             api_key,
             state,
             ca: cert.cert.der().clone(),
-            _shutdown: tx,
+            shutdown: tx,
             _dir: dir,
         }
+    }
+
+    /// Starts a graceful shutdown: the listeners stop and idle connections are closed.
+    pub fn begin_shutdown(&self) {
+        let _ = self.shutdown.send(true);
     }
 
     fn tls_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {

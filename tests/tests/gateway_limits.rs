@@ -295,3 +295,56 @@ async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    // Keep-alive far longer than the test: only the shutdown can close the idle connection.
+    let gw = TestGateway::start(
+        &net,
+        &[("web", &owner)],
+        "[limits]\nkeepalive_timeout = \"300s\"\n",
+    )
+    .await;
+
+    // One request, then the connection sits idle between requests.
+    let mut idle = gw.tls_stream(&[b"http/1.1"]).await;
+    let req = format!(
+        "GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\n\r\n",
+        gw.api_key
+    );
+    idle.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("hello from origin") {
+        let n = tokio::time::timeout(Duration::from_secs(10), idle.read_buf(&mut got))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+    }
+
+    // A slow upload in flight when the shutdown starts is still served to the end.
+    let mut busy = TcpStream::connect(gw.http).await.unwrap();
+    let head = format!(
+        "POST /peer/web/count HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Length: 4\r\n\r\nab",
+        gw.api_key
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    gw.begin_shutdown();
+    closed_within(&mut idle, Duration::from_secs(10)).await;
+
+    busy.write_all(b"cd").await.unwrap();
+    let mut resp = Vec::new();
+    while !String::from_utf8_lossy(&resp).ends_with("\r\n\r\n4") {
+        let n = tokio::time::timeout(Duration::from_secs(10), busy.read_buf(&mut resp))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {resp:?}");
+    }
+    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"));
+}
