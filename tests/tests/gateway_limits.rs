@@ -45,6 +45,23 @@ async fn closed_within<S: tokio::io::AsyncRead + Unpin>(tcp: &mut S, within: Dur
     .expect("the gateway kept an idle or half-sent connection open");
 }
 
+/// Reads until what has arrived satisfies `done`, allowing 10 s per read; panics if the peer
+/// closes first. Returns everything read.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    io: &mut S,
+    done: impl Fn(&str) -> bool,
+) -> String {
+    let mut got = Vec::new();
+    while !done(&String::from_utf8_lossy(&got)) {
+        let n = tokio::time::timeout(Duration::from_secs(10), io.read_buf(&mut got))
+            .await
+            .expect("response in time")
+            .unwrap();
+        assert!(n > 0, "closed before the response: {got:?}");
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_cut_and_slow_bodies_are_not() {
     let net = TestNet::start().await;
@@ -92,15 +109,8 @@ async fn slow_request_heads_are_cut_and_slow_bodies_are_not() {
         gw.api_key
     );
     tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("hello from origin") {
-        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read_buf(&mut got))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(n > 0, "closed before the response: {got:?}");
-    }
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    let got = read_until(&mut tcp, |r| r.contains("hello from origin")).await;
+    assert!(got.starts_with("HTTP/1.1 200"));
     tcp.write_all(b"GET /peer/web/hello HTTP/1.1\r\n")
         .await
         .unwrap();
@@ -316,14 +326,7 @@ async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
         gw.api_key
     );
     idle.write_all(req.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    while !String::from_utf8_lossy(&got).contains("hello from origin") {
-        let n = tokio::time::timeout(Duration::from_secs(10), idle.read_buf(&mut got))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(n > 0, "closed before the response: {got:?}");
-    }
+    read_until(&mut idle, |r| r.contains("hello from origin")).await;
 
     // A slow upload in flight when the shutdown starts is still served to the end.
     let mut busy = TcpStream::connect(gw.http).await.unwrap();
@@ -338,13 +341,6 @@ async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
     closed_within(&mut idle, Duration::from_secs(10)).await;
 
     busy.write_all(b"cd").await.unwrap();
-    let mut resp = Vec::new();
-    while !String::from_utf8_lossy(&resp).ends_with("\r\n\r\n4") {
-        let n = tokio::time::timeout(Duration::from_secs(10), busy.read_buf(&mut resp))
-            .await
-            .expect("response in time")
-            .unwrap();
-        assert!(n > 0, "closed before the response: {resp:?}");
-    }
-    assert!(String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 200"));
+    let resp = read_until(&mut busy, |r| r.ends_with("\r\n\r\n4")).await;
+    assert!(resp.starts_with("HTTP/1.1 200"));
 }
