@@ -16,6 +16,7 @@ use base64::Engine;
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use hkdf::Hkdf;
 use rand::rngs::OsRng;
+use rand::RngCore;
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
@@ -59,7 +60,9 @@ impl std::fmt::Debug for Identity {
 
 impl Identity {
     pub fn generate() -> Self {
-        Self::from_seed(SigningKey::generate(&mut OsRng).to_bytes())
+        let mut seed = [0u8; 32];
+        OsRng.fill_bytes(&mut seed);
+        Self::from_seed(seed)
     }
 
     pub fn from_seed(seed: [u8; 32]) -> Self {

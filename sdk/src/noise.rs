@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::PublicKey;
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::dh::{self, CachedPeer, PeerCache, PeerPoint, Secret};
+use crate::dh::{self, CachedPeer, PeerCache, PeerPoint, Point, Secret};
 
 /// The full Noise protocol name; exactly 32 bytes, so it is also the initial hash.
 pub const PROTOCOL_NAME: &[u8; 32] = b"Noise_IK_25519_ChaChaPoly_SHA256";
@@ -327,12 +327,13 @@ impl Initiator {
         if payload.len() + DH_LEN * 2 + TAG_LEN * 2 > MAX_MESSAGE_LEN {
             return Err(NoiseError::TooLong);
         }
-        let e_pub = dh::public_key(&self.e);
-        let mut out = Vec::with_capacity(DH_LEN * 2 + TAG_LEN * 2 + payload.len());
-        out.extend_from_slice(&e_pub);
-        self.sym.mix_hash(&e_pub);
         let rs = self.s.peer(&self.rs)?;
-        self.sym.mix_key(rs.point.dh(&self.e)?.as_ref());
+        let [e_pub, es] =
+            dh::x25519_all([(&self.e, Point::Base), (&self.e, Point::Peer(&rs.point))])?;
+        let mut out = Vec::with_capacity(DH_LEN * 2 + TAG_LEN * 2 + payload.len());
+        out.extend_from_slice(e_pub.as_ref());
+        self.sym.mix_hash(e_pub.as_ref());
+        self.sym.mix_key(es.as_ref());
         out.extend(self.sym.encrypt_and_hash(self.s.public.as_bytes())?);
         self.sym.mix_key(rs.ss.as_ref());
         out.extend(self.sym.encrypt_and_hash(payload)?);
@@ -344,8 +345,12 @@ impl Initiator {
         let mut rest = msg;
         let re = PeerPoint::new(public_key(take(&mut rest, DH_LEN)?)?);
         self.sym.mix_hash(re.as_bytes());
-        self.sym.mix_key(re.dh(&self.e)?.as_ref());
-        self.sym.mix_key(re.dh(&self.s.secret)?.as_ref());
+        let [ee, se] = dh::x25519_all([
+            (&self.e, Point::Peer(&re)),
+            (&self.s.secret, Point::Peer(&re)),
+        ])?;
+        self.sym.mix_key(ee.as_ref());
+        self.sym.mix_key(se.as_ref());
         let payload = self.sym.decrypt_and_hash(rest)?;
         let (c1, c2) = self.sym.split();
         Ok((
@@ -431,12 +436,16 @@ impl Responder {
             return Err(NoiseError::TooLong);
         }
         let e = random_secret();
-        let e_pub = dh::public_key(&e);
+        let [e_pub, ee, se] = dh::x25519_all([
+            (&e, Point::Base),
+            (&e, Point::Peer(&re)),
+            (&e, Point::Peer(&rs.point)),
+        ])?;
         let mut out = Vec::with_capacity(DH_LEN + TAG_LEN + payload.len());
-        out.extend_from_slice(&e_pub);
-        self.sym.mix_hash(&e_pub);
-        self.sym.mix_key(re.dh(&e)?.as_ref());
-        self.sym.mix_key(rs.point.dh(&e)?.as_ref());
+        out.extend_from_slice(e_pub.as_ref());
+        self.sym.mix_hash(e_pub.as_ref());
+        self.sym.mix_key(ee.as_ref());
+        self.sym.mix_key(se.as_ref());
         out.extend(self.sym.encrypt_and_hash(payload)?);
         let (c1, c2) = self.sym.split();
         Ok((
