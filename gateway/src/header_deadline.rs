@@ -299,13 +299,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
-            let wrapped = HeaderDeadlineStream::for_h2(session, self.header_timeout);
-            return self.inner.process_new(Box::new(wrapped), shutdown).await;
-        }
-        let wrapped = HeaderDeadlineStream::new(session);
-        wrapped.arm(self.header_timeout);
-        self.serve_http1(Box::new(wrapped), shutdown).await;
+        // The connection is served on a task of its own, and Pingora's accept task ends here.
+        // That task's future is sized for the TLS handshake it began with (~8 KiB, held inline)
+        // and would stay allocated for as long as the connection is open, idle or not. The
+        // new task holds only what serving needs. Nothing in Pingora waits on its accept task:
+        // shutdown reaches this task through `shutdown`, as it reached the accept task.
+        let app = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(session, &shutdown).await });
         None
     }
 
@@ -315,6 +316,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> HeaderDeadlineApp<A> {
+    /// Serves one accepted connection to its end.
+    async fn serve(&self, session: Stream, shutdown: &ShutdownWatch) {
+        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            let wrapped = HeaderDeadlineStream::for_h2(session, self.header_timeout);
+            // HTTP/2 hands back no stream for reuse: the connection ends with this call.
+            self.inner.process_new(Box::new(wrapped), shutdown).await;
+            return;
+        }
+        let wrapped = HeaderDeadlineStream::new(session);
+        wrapped.arm(self.header_timeout);
+        self.serve_http1(Box::new(wrapped), shutdown).await;
+    }
+
     /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), waiting for each head's
     /// first byte before a session is built (module docs).
     async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
