@@ -144,6 +144,9 @@ pub struct IpPolicy {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayLimits {
+    /// Client connections open at once, across the HTTP and HTTPS listeners; one over this is
+    /// closed at accept, before its TLS handshake.
+    pub max_connections: usize,
     pub max_request_body_bytes: u64,
     pub max_header_bytes: usize,
     /// How long a verified key skips argon2.
@@ -157,7 +160,7 @@ pub struct GatewayLimits {
     #[serde(with = "humantime_serde")]
     pub upstream_idle_timeout: Duration,
     /// Time a client has to send a complete request head (slowloris bound): from accepting
-    /// the connection for the first request, from the end of the previous request plus
+    /// the connection for the first request (on HTTPS this covers the TLS handshake too), from the end of the previous request plus
     /// `keepalive_timeout` for the next ones.
     #[serde(with = "humantime_serde")]
     pub request_header_timeout: Duration,
@@ -173,6 +176,7 @@ pub struct GatewayLimits {
 impl Default for GatewayLimits {
     fn default() -> Self {
         Self {
+            max_connections: 10_000,
             max_request_body_bytes: 64 * 1024 * 1024,
             max_header_bytes: 64 * 1024,
             key_cache_ttl: Duration::from_secs(300),
@@ -337,6 +341,7 @@ impl GatewayLimits {
         all_positive(
             at,
             &[
+                ("max_connections", self.max_connections),
                 ("max_header_bytes", self.max_header_bytes),
                 ("key_cache_max_entries", self.key_cache_max_entries),
             ],
@@ -438,6 +443,7 @@ mod tests {
         let cfg = parse("").unwrap();
         let limits = &cfg.limits;
         assert_eq!(*limits, GatewayLimits::default());
+        assert_eq!(limits.max_connections, 10_000);
         assert_eq!(limits.max_request_body_bytes, 64 * 1024 * 1024);
         assert_eq!(limits.max_header_bytes, 64 * 1024);
         assert_eq!(limits.key_cache_ttl, Duration::from_secs(300));
@@ -486,6 +492,10 @@ mod tests {
             (
                 "[limits]\nmax_header_bytes = 0",
                 "limits.max_header_bytes".into(),
+            ),
+            (
+                "[limits]\nmax_connections = 0",
+                "limits.max_connections".into(),
             ),
             (
                 "[[listen.tls]]\ncert = \"\"\nkey = \"k\"",

@@ -16,13 +16,9 @@
 //!   a kept-alive connection may sit idle for the keep-alive time and must then deliver the
 //!   next head in full.
 //!
-//! [`HeaderDeadlineApp`] does the wrapping around Pingora's HTTP application. For HTTP/1 it
-//! also runs the keep-alive loop that Pingora would run, with one difference: between two
-//! requests it waits for the first byte of the next head itself, and only then builds
-//! Pingora's session and request future. An idle keep-alive connection so holds the socket,
-//! TLS state and this small wait — not Pingora's ~12 KiB of per-request session and future —
-//! which is most of the memory an idle client costs. (Pipelining, which would need the
-//! carried-over bytes, is never enabled in this gateway.)
+//! [`crate::downstream`] does the wrapping for every accepted connection and, for HTTP/1,
+//! waits for each head's first byte ([`HeaderDeadlineStream::wait_for_head`]) before Pingora
+//! builds a session for it.
 
 use std::future::Future;
 use std::io;
@@ -33,14 +29,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
-use pingora::protocols::http::ServerSession;
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
     ALPN,
 };
 use pingora::protocols::{Stream, TimingDigest};
-use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
@@ -77,7 +70,7 @@ impl HeaderDeadlineStream {
     }
 
     /// An HTTP/2 connection: armed until its connection preface has been read.
-    fn for_h2(inner: Stream, after: Duration) -> Self {
+    pub fn for_h2(inner: Stream, after: Duration) -> Self {
         let s = Self {
             h2_preface_left: H2_PREFACE_LEN,
             ..Self::new(inner)
@@ -275,103 +268,3 @@ impl Peek for HeaderDeadlineStream {
         self.inner.try_peek(buf).await
     }
 }
-
-/// Wraps each accepted connection of `A` in a [`HeaderDeadlineStream`] armed for the first
-/// request head.
-pub struct HeaderDeadlineApp<A> {
-    inner: Arc<A>,
-    header_timeout: Duration,
-}
-
-impl<A> HeaderDeadlineApp<A> {
-    pub fn new(inner: A, header_timeout: Duration) -> Self {
-        Self {
-            inner: Arc::new(inner),
-            header_timeout,
-        }
-    }
-}
-
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for HeaderDeadlineApp<A> {
-    async fn process_new(
-        self: &Arc<Self>,
-        session: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        // The connection is served on a task of its own, and Pingora's accept task ends here.
-        // That task's future is sized for the TLS handshake it began with (~8 KiB, held inline)
-        // and would stay allocated for as long as the connection is open, idle or not. The
-        // new task holds only what serving needs. Nothing in Pingora waits on its accept task:
-        // shutdown reaches this task through `shutdown`, as it reached the accept task.
-        let app = Arc::clone(self);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve(session, &shutdown).await });
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await;
-    }
-}
-
-impl<A: HttpServerApp + Send + Sync + 'static> HeaderDeadlineApp<A> {
-    /// Serves one accepted connection to its end.
-    async fn serve(&self, session: Stream, shutdown: &ShutdownWatch) {
-        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
-            let wrapped = HeaderDeadlineStream::for_h2(session, self.header_timeout);
-            // HTTP/2 hands back no stream for reuse: the connection ends with this call.
-            self.inner.process_new(Box::new(wrapped), shutdown).await;
-            return;
-        }
-        let wrapped = HeaderDeadlineStream::new(session);
-        wrapped.arm(self.header_timeout);
-        self.serve_http1(Box::new(wrapped), shutdown).await;
-    }
-
-    /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), waiting for each head's
-    /// first byte before a session is built (module docs).
-    async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
-        let mut persistent: Option<HttpPersistentSettings> = None;
-        let mut first = true;
-        loop {
-            let mut closing = shutdown.clone();
-            // An idle connection is closed when the server starts shutting down.
-            let arrived = tokio::select! {
-                biased;
-                arrived = stream.wait_for_head() => arrived,
-                Ok(()) = closing.changed() => return,
-            };
-            if !matches!(arrived, Ok(true)) {
-                return;
-            }
-            let mut session = ServerSession::new_http1(stream);
-            if first {
-                let shutting_down = *shutdown.borrow();
-                session.set_keepalive((!shutting_down).then_some(PINGORA_KEEPALIVE_SECS));
-                session.set_keepalive_reuses_remaining(
-                    self.inner
-                        .server_options()
-                        .and_then(|o| o.keepalive_request_limit),
-                );
-                first = false;
-            } else if let Some(settings) = persistent.take() {
-                settings.apply_to_session(&mut session);
-            }
-            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
-                return;
-            };
-            let (next, settings) = reused.consume();
-            // Always ours: Pingora hands back the stream it was given.
-            let Ok(next) = next.into_any().downcast::<HeaderDeadlineStream>() else {
-                return;
-            };
-            stream = next;
-            persistent = settings;
-        }
-    }
-}
-
-/// The per-read keep-alive timeout Pingora sets on a new HTTP/1 session; the gateway's own
-/// keep-alive bound is the header deadline, set again when each request ends.
-const PINGORA_KEEPALIVE_SECS: u64 = 60;

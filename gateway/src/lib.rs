@@ -8,6 +8,7 @@
 pub mod acl;
 pub mod auth;
 pub mod connector;
+pub mod downstream;
 pub mod header_deadline;
 pub mod hop_by_hop;
 pub mod problem;

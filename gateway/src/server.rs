@@ -1,5 +1,7 @@
-//! The listeners: Pingora's HTTP proxy service with HTTPS (rustls; several certificates chosen
-//! by SNI; HTTP/1.1 and HTTP/2 by ALPN) and an optional plain HTTP listener for loopback.
+//! The listeners: Pingora's HTTP proxy service on an HTTPS listener (rustls; several
+//! certificates chosen by SNI; HTTP/1.1 and HTTP/2 by ALPN) and an optional plain HTTP listener
+//! for loopback. Both are TCP listeners to Pingora: the TLS handshake runs in
+//! [`crate::downstream`], with Pingora's acceptor, so that it is bounded in time.
 //!
 //! Certificates are loaded and checked here, with errors naming the file, before anything is
 //! handed to Pingora (whose `TlsSettings::build` panics on bad files).
@@ -17,9 +19,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
-use crate::header_deadline::HeaderDeadlineApp;
+use crate::downstream::{ConnectionSlots, DownstreamApp};
 use crate::proxy::GatewayProxy;
 use crate::state::GatewayState;
 use crate::GatewayError;
@@ -90,28 +92,45 @@ pub async fn serve(
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.keepalive_timeout);
     proxy.server_options = Some(options);
-    let app = HeaderDeadlineApp::new(proxy, limits.request_header_timeout);
+    let proxy = Arc::new(proxy);
+    let slots: ConnectionSlots = Arc::new(Semaphore::new(limits.max_connections));
     // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
     // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1 parser
     // buffer on their own, so the size comes from config (default: none).
     let buffers = L4BufferSettings::default().read(limits.client_read_buffer_bytes);
-    let mut listeners = Listeners::new();
-    if let Some(addr) = listen.http {
-        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
-    }
-    if let Some(addr) = listen.https {
-        let settings = tls_settings(&listen.tls)?;
-        listeners.add_listener(
-            ListenerConfig::tcp(addr.to_string())
-                .tls(settings)
-                .l4_buffer(buffers),
+    // One service per listener, both on this runtime, sharing the proxy and the connection
+    // slots. The HTTPS listener is plain TCP: the TLS handshake runs in `DownstreamApp`, under
+    // the header deadline (see `crate::downstream`).
+    let mut services = Vec::new();
+    let listeners = [
+        ("postern gateway http", listen.http, None),
+        ("postern gateway https", listen.https, Some(&listen.tls)),
+    ];
+    for (name, addr, tls) in listeners {
+        let Some(addr) = addr else { continue };
+        let acceptor = match tls {
+            Some(certs) => Some(tls_settings(certs)?.build()),
+            None => None,
+        };
+        let app = DownstreamApp::new(
+            Arc::clone(&proxy),
+            acceptor,
+            limits.request_header_timeout,
+            Arc::clone(&slots),
         );
+        let mut listeners = Listeners::new();
+        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+        services.push(pingora::services::listening::Service::with_listeners(
+            name.into(),
+            listeners,
+            app,
+        ));
     }
-    let mut service = pingora::services::listening::Service::with_listeners(
-        "postern gateway".into(),
-        listeners,
-        app,
-    );
-    service.start_service(None, shutdown, 1).await;
+    futures::future::join_all(
+        services
+            .iter_mut()
+            .map(|service| service.start_service(None, shutdown.clone(), 1)),
+    )
+    .await;
     Ok(())
 }

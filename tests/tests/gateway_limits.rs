@@ -1,5 +1,5 @@
-//! The gateway's bounds end to end: slow request heads, oversized streamed bodies, an origin
-//! that is down.
+//! The gateway's bounds end to end: slow request heads and TLS handshakes, the connection
+//! cap, oversized streamed bodies, an origin that is down, idle and shutting-down connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -343,4 +343,92 @@ async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
     busy.write_all(b"cd").await.unwrap();
     let resp = read_until(&mut busy, |r| r.ends_with("\r\n\r\n4")).await;
     assert!(resp.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshakes_are_bounded_by_the_header_deadline() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+
+    // Connected to the HTTPS port and silent: Pingora's TLS listener waits for a ClientHello
+    // with no timeout; the gateway must not.
+    let mut silent = TcpStream::connect(gw.https).await.unwrap();
+    // Half a ClientHello: a handshake record announcing 512 bytes, then only five of them.
+    let mut half = TcpStream::connect(gw.https).await.unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+        .await
+        .unwrap();
+    closed_within(&mut silent, Duration::from_secs(20)).await;
+    closed_within(&mut half, Duration::from_secs(20)).await;
+
+    // A client that completes its handshake in time is served.
+    let resp = gw
+        .h1()
+        .await
+        .send_request(authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Whether a new connection to `addr` gets an answer to one request (`false` when the gateway
+/// closes it unanswered).
+async fn served_on_a_new_connection(addr: std::net::SocketAddr, key: &str) -> bool {
+    let Ok(mut tcp) = TcpStream::connect(addr).await else {
+        return false;
+    };
+    let req = format!(
+        "GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+    );
+    if tcp.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "neither answered nor closed");
+    String::from_utf8_lossy(&got).contains("hello from origin")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_cap_are_closed_at_accept() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    // A header deadline far longer than the test: only the cap can close a connection early.
+    let gw = TestGateway::start(
+        &net,
+        &[("web", &owner)],
+        "[limits]\nmax_connections = 2\nrequest_header_timeout = \"300s\"\n",
+    )
+    .await;
+
+    // Two connections, one on each listener, hold both slots.
+    let mut tls = gw.h1().await;
+    let plain = TcpStream::connect(gw.http).await.unwrap();
+
+    // A third, on either listener, is closed without an answer (within 10 s, not 300).
+    assert!(!served_on_a_new_connection(gw.http, &gw.api_key).await);
+    let mut refused = TcpStream::connect(gw.https).await.unwrap();
+    closed_within(&mut refused, Duration::from_secs(10)).await;
+
+    // The connections inside the cap are served.
+    let resp = tls
+        .send_request(authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // Once one closes, its slot is free again.
+    drop(plain);
+    let mut attempts = 0;
+    while !served_on_a_new_connection(gw.http, &gw.api_key).await {
+        attempts += 1;
+        assert!(
+            attempts < 50,
+            "the closed connection's slot was never given back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,193 @@
+//! What happens to an accepted client connection before Pingora's HTTP proxy reads a request
+//! from it: the connection cap, the TLS handshake, the header deadline, and the HTTP/1
+//! keep-alive loop.
+//!
+//! * **Connection cap.** At most `limits.max_connections` client connections are open at once,
+//!   across both listeners. One over the cap is closed at accept, before any TLS work, so a
+//!   flood of connections costs a socket and a refusal each, never unbounded memory.
+//! * **TLS handshake, bounded.** Pingora's listener would run the handshake with no timeout:
+//!   a client that connects and sends nothing, or half a ClientHello, would hold the
+//!   connection forever. The HTTPS listener is therefore a plain TCP listener, and the
+//!   handshake runs here with Pingora's own rustls acceptor (the same `TlsSettings`: SNI,
+//!   TLS 1.2+, ALPN), under the header deadline: `request_header_timeout` from accept covers
+//!   the handshake and the first request head together, as its config docs say.
+//! * **Header deadline**: every connection is wrapped in a [`HeaderDeadlineStream`] armed for
+//!   what is left of that time (see [`crate::header_deadline`]).
+//! * **A task per connection.** The connection is served on a task of its own and Pingora's
+//!   accept task ends at once; nothing in Pingora waits on it, and shutdown reaches the
+//!   connection through the shutdown signal as before. The TLS handshake's state is boxed and
+//!   freed when the handshake ends, so an open connection never carries it.
+//! * **HTTP/1 keep-alive loop**: Pingora's own loop (`ServerApp for HttpServerApp`), with one
+//!   difference: between two requests it waits for the first byte of the next head itself,
+//!   and only then builds Pingora's session and request future. An idle keep-alive
+//!   connection so holds the socket, TLS state and this small wait — not Pingora's ~12 KiB of
+//!   per-request session and future. (Pipelining, which would need the carried-over bytes, is
+//!   never enabled in this gateway.)
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::{Stream, ALPN};
+use pingora::server::ShutdownWatch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::header_deadline::HeaderDeadlineStream;
+
+/// The client connections open at once, across listeners.
+pub type ConnectionSlots = Arc<Semaphore>;
+
+/// Serves the connections accepted by one listener with the HTTP application `A`.
+pub struct DownstreamApp<A> {
+    inner: Arc<A>,
+    /// Pingora's rustls acceptor for an HTTPS listener; `None` for plain HTTP.
+    tls: Option<Arc<Acceptor>>,
+    header_timeout: Duration,
+    slots: ConnectionSlots,
+}
+
+impl<A> DownstreamApp<A> {
+    pub fn new(
+        inner: Arc<A>,
+        tls: Option<Acceptor>,
+        header_timeout: Duration,
+        slots: ConnectionSlots,
+    ) -> Self {
+        Self {
+            inner,
+            tls: tls.map(Arc::new),
+            header_timeout,
+            slots,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DownstreamApp<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let accepted = Instant::now();
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            tracing::debug!("client connection refused: max_connections reached");
+            return None;
+        };
+        let app = Arc::clone(self);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve(session, accepted, slot, &shutdown).await });
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.http_cleanup().await;
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
+    /// Serves one accepted connection to its end; its slot is given back when this returns.
+    async fn serve(
+        &self,
+        session: Stream,
+        accepted: Instant,
+        _slot: OwnedSemaphorePermit,
+        shutdown: &ShutdownWatch,
+    ) {
+        let session = match &self.tls {
+            None => session,
+            Some(acceptor) => match self.tls_handshake(acceptor, session, accepted).await {
+                Some(tls) => tls,
+                None => return,
+            },
+        };
+        let left = self.header_timeout.saturating_sub(accepted.elapsed());
+        if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
+            let wrapped = HeaderDeadlineStream::for_h2(session, left);
+            // HTTP/2 hands back no stream for reuse: the connection ends with this call.
+            self.inner.process_new(Box::new(wrapped), shutdown).await;
+            return;
+        }
+        let wrapped = HeaderDeadlineStream::new(session);
+        wrapped.arm(left);
+        self.serve_http1(Box::new(wrapped), shutdown).await;
+    }
+
+    /// The TLS handshake on an accepted TCP connection, within the header deadline.
+    async fn tls_handshake(
+        &self,
+        acceptor: &Acceptor,
+        session: Stream,
+        accepted: Instant,
+    ) -> Option<Stream> {
+        // Always a TCP stream: the HTTPS listener is a plain TCP listener (module docs).
+        let Ok(tcp) = session.into_any().downcast::<TcpStream>() else {
+            tracing::warn!("HTTPS listener handed over something other than a TCP stream");
+            return None;
+        };
+        // Boxed: the handshake's state is large and lives only as long as the handshake.
+        let handshake = Box::pin(acceptor.tls_handshake(*tcp));
+        let deadline = accepted + self.header_timeout;
+        match tokio::time::timeout_at(deadline.into(), handshake).await {
+            Ok(Ok(tls)) => Some(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not complete before the header deadline");
+                None
+            }
+        }
+    }
+
+    /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), waiting for each head's
+    /// first byte before a session is built (module docs).
+    async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
+        let mut persistent: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let mut closing = shutdown.clone();
+            // An idle connection is closed when the server starts shutting down.
+            let arrived = tokio::select! {
+                biased;
+                arrived = stream.wait_for_head() => arrived,
+                Ok(()) = closing.changed() => return,
+            };
+            if !matches!(arrived, Ok(true)) {
+                return;
+            }
+            let mut session = ServerSession::new_http1(stream);
+            if first {
+                let shutting_down = *shutdown.borrow();
+                session.set_keepalive((!shutting_down).then_some(PINGORA_KEEPALIVE_SECS));
+                session.set_keepalive_reuses_remaining(
+                    self.inner
+                        .server_options()
+                        .and_then(|o| o.keepalive_request_limit),
+                );
+                first = false;
+            } else if let Some(settings) = persistent.take() {
+                settings.apply_to_session(&mut session);
+            }
+            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+                return;
+            };
+            let (next, settings) = reused.consume();
+            // Always ours: Pingora hands back the stream it was given.
+            let Ok(next) = next.into_any().downcast::<HeaderDeadlineStream>() else {
+                return;
+            };
+            stream = next;
+            persistent = settings;
+        }
+    }
+}
+
+/// The per-read keep-alive timeout Pingora sets on a new HTTP/1 session; the gateway's own
+/// keep-alive bound is the header deadline, set again when each request ends.
+const PINGORA_KEEPALIVE_SECS: u64 = 60;
