@@ -6,7 +6,8 @@
 //! connection is wrapped in a [`HeaderDeadlineStream`], whose reads fail with `TimedOut` once
 //! its deadline passes, and the deadline is moved by the request path:
 //!
-//! * on accept: `request_header_timeout` from now — the first head must be complete by then.
+//! * on accept: `request_header_timeout` from then — the TLS handshake, if any (bounded in
+//!   [`crate::downstream`]), and the first head must both be complete by then.
 //!   For HTTP/2 the bound covers the connection preface: the deadline lifts itself once the
 //!   client's 24-byte preface has been read (Pingora's h2 handshake has no timeout of its own),
 //!   and an idle HTTP/2 connection is then closed by Pingora's `h2_idle_timeout`;
