@@ -51,6 +51,16 @@ pub fn api_key_toml(id: &str, leases: &str, extra: &str) -> (String, String) {
 }
 
 impl TestGateway {
+    /// The setup most gateway tests start from: a test net, an origin exposed there as lease
+    /// `web`, and a gateway for it with `extra_toml`. The net is returned to keep it running.
+    pub async fn for_web_origin(extra_toml: &str) -> (TestNet, Self) {
+        let net = TestNet::start().await;
+        let origin = crate::spawn_origin().await;
+        let owner = net.expose("web", origin).await;
+        let gw = Self::start(&net, &[("web", &owner)], extra_toml).await;
+        (net, gw)
+    }
+
     /// Starts a gateway serving `leases` (name, owner) with `extra_keys` TOML appended.
     pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -7,10 +7,7 @@ use postern_tests::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_and_post_through_the_gateway_over_http1_and_http2() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
+    let (_net, gw) = TestGateway::for_web_origin("").await;
 
     let mut h1 = gw.h1().await;
     let resp = send(
@@ -151,15 +148,8 @@ async fn refusals_are_problem_documents() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_keys_never_reach_argon2() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(
-        &net,
-        &[("web", &owner)],
-        "[limits]\nfailed_auth_per_ip_per_minute = 100000\n",
-    )
-    .await;
+    let (_net, gw) =
+        TestGateway::for_web_origin("[limits]\nfailed_auth_per_ip_per_minute = 100000\n").await;
     let before = gw.state.keys.argon2_verifications();
     let mut c = gw.plain().await;
     for i in 0..10_000u32 {
@@ -351,10 +341,7 @@ async fn sni_selects_between_two_certificates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_fields_stop_at_the_gateway() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
+    let (_net, gw) = TestGateway::for_web_origin("").await;
 
     let mut c = gw.h1().await;
     let mut req = authed(Method::GET, "/peer/web/headers", &gw.api_key, empty());

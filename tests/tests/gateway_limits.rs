@@ -64,10 +64,7 @@ async fn read_until<S: tokio::io::AsyncRead + Unpin>(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_heads_are_cut_and_slow_bodies_are_not() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+    let (_net, gw) = TestGateway::for_web_origin(TIGHT_HEADERS).await;
 
     // Slowloris: a head that never ends, one header line every 200 ms. With a 1 s deadline
     // the gateway must close within a few lines, not after Pingora's 60 s per-read timeout.
@@ -239,10 +236,7 @@ async fn an_origin_that_is_down_gives_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+    let (_net, gw) = TestGateway::for_web_origin(TIGHT_HEADERS).await;
 
     // ALPN h2, then silence: Pingora's h2 handshake waits for the preface with no timeout of
     // its own; the header deadline closes it.
@@ -308,16 +302,8 @@ async fn http2_connections_are_bounded_before_the_preface_and_when_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
     // Keep-alive far longer than the test: only the shutdown can close the idle connection.
-    let gw = TestGateway::start(
-        &net,
-        &[("web", &owner)],
-        "[limits]\nkeepalive_timeout = \"300s\"\n",
-    )
-    .await;
+    let (_net, gw) = TestGateway::for_web_origin("[limits]\nkeepalive_timeout = \"300s\"\n").await;
 
     // One request, then the connection sits idle between requests.
     let mut idle = gw.tls_stream(&[b"http/1.1"]).await;
@@ -347,10 +333,7 @@ async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_handshakes_are_bounded_by_the_header_deadline() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
-    let gw = TestGateway::start(&net, &[("web", &owner)], TIGHT_HEADERS).await;
+    let (_net, gw) = TestGateway::for_web_origin(TIGHT_HEADERS).await;
 
     // Connected to the HTTPS port and silent: Pingora's TLS listener waits for a ClientHello
     // with no timeout; the gateway must not.
@@ -393,31 +376,37 @@ async fn served_on_a_new_connection(addr: std::net::SocketAddr, key: &str) -> bo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_cap_are_closed_at_accept() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
     // A header deadline far longer than the test: only the cap can close a connection early.
-    let gw = TestGateway::start(
-        &net,
-        &[("web", &owner)],
+    let (_net, gw) = TestGateway::for_web_origin(
         "[limits]\nmax_connections = 2\nrequest_header_timeout = \"300s\"\n",
     )
     .await;
 
-    // Two connections, one on each listener, hold both slots.
+    // Two connections, one on each listener, hold both slots. Each is served once first: a
+    // bare connect returns before the gateway has taken the connection from the accept queue.
     let mut tls = gw.h1().await;
-    let plain = TcpStream::connect(gw.http).await.unwrap();
+    let mut plain = gw.plain().await;
+    for client in [&mut tls, &mut plain] {
+        let resp = send(
+            client,
+            authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        body_bytes(resp).await;
+    }
 
     // A third, on either listener, is closed without an answer (within 10 s, not 300).
     assert!(!served_on_a_new_connection(gw.http, &gw.api_key).await);
     let mut refused = TcpStream::connect(gw.https).await.unwrap();
     closed_within(&mut refused, Duration::from_secs(10)).await;
 
-    // The connections inside the cap are served.
-    let resp = tls
-        .send_request(authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()))
-        .await
-        .unwrap();
+    // The connections inside the cap are still served.
+    let resp = send(
+        &mut tls,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
 
     // Once one closes, its slot is free again.
