@@ -16,7 +16,7 @@
 //!
 //! Knobs (environment): `POSTERN_BENCH_SECS` (per load measurement, default 3),
 //! `POSTERN_BENCH_DOWNLOAD_BYTES` (default 1 GiB; `64MiB` works), `POSTERN_BENCH_IDLE_CONNS`
-//! (default 1000), `POSTERN_BENCH_INVALID_KEYS` (flood size, default 10000), `POSTERN_BIN_DIR`
+//! (default 1000), `POSTERN_BENCH_INVALID_KEYS` (flood size per window, default 10000), `POSTERN_BIN_DIR`
 //! (where the binaries are, if not next to the bench).
 //!
 //! Everything is on 127.0.0.1; every loop is bounded in count and in time; the child processes
@@ -388,10 +388,14 @@ async fn flood(
     total
 }
 
-/// Valid GET /hello at 32 connections on the same warm connections: without the flood, during
-/// a paced invalid-key flood, and without it again (the two runs without are pooled, so a drift
-/// of the machine during the three runs does not count as the flood's effect). Returns
-/// (without, with, the flood).
+/// Windows with the flood in the flood measurement, each between two without it.
+const FLOOD_ROUNDS: usize = 3;
+
+/// Valid GET /hello at 32 connections on the same warm connections, in windows that alternate
+/// without and during a paced invalid-key flood: without, then [`FLOOD_ROUNDS`] times during and
+/// without. The windows of each kind are pooled, so that a drift of this shared machine over the
+/// run (its speed moves by tens of percent between runs) is not counted as the flood's effect.
+/// Returns (without, with, the floods together).
 async fn measure_flood(route: &Route, gw: &Arc<GatewayRoute>, s: &Settings) -> (Load, Load, Flood) {
     let (secs, max) = (s.load.secs, s.load.max_requests);
     let mut senders = Vec::with_capacity(32);
@@ -399,23 +403,43 @@ async fn measure_flood(route: &Route, gw: &Arc<GatewayRoute>, s: &Settings) -> (
         senders.push(route.connect().await);
     }
     let (senders, _) = run_load(route, senders, SMALL, s.load.warmup, max).await;
-    let (senders, before) = run_load(route, senders, SMALL, secs, max).await;
-    let flooding = {
-        let gw = Arc::clone(gw);
-        let (tasks, max) = (s.flood_tasks, s.invalid_keys);
-        tokio::spawn(async move { flood(&gw, tasks, max, secs, true).await })
+    let (mut senders, first) = run_load(route, senders, SMALL, secs, max).await;
+    let (mut without, mut with) = (vec![first], Vec::new());
+    let (mut floods, mut flood_time) = (Flood::default(), Duration::ZERO);
+    for _ in 0..FLOOD_ROUNDS {
+        let flooding = {
+            let gw = Arc::clone(gw);
+            let (tasks, max) = (s.flood_tasks, s.invalid_keys);
+            tokio::spawn(async move { flood(&gw, tasks, max, secs, true).await })
+        };
+        let (next, during) = run_load(route, senders, SMALL, secs, max).await;
+        let flooded = flooding.await.expect("flood");
+        flood_time += flooded.elapsed;
+        floods.merge(flooded);
+        with.push(during);
+        let (next, after) = run_load(route, next, SMALL, secs, max).await;
+        without.push(after);
+        senders = next;
+    }
+    // The floods ran one after another: their times add up.
+    floods.elapsed = flood_time;
+    (pooled(without), pooled(with), floods)
+}
+
+/// Several load windows as one.
+fn pooled(loads: Vec<Load>) -> Load {
+    let mut all = Load {
+        requests: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
     };
-    let (senders, with) = run_load(route, senders, SMALL, secs, max).await;
-    let flooded = flooding.await.expect("flood");
-    let (_senders, after) = run_load(route, senders, SMALL, secs, max).await;
-    let mut latencies = [before.latencies, after.latencies].concat();
-    latencies.sort_unstable();
-    let without = Load {
-        requests: before.requests + after.requests,
-        elapsed: before.elapsed + after.elapsed,
-        latencies,
-    };
-    (without, with, flooded)
+    for load in loads {
+        all.requests += load.requests;
+        all.elapsed += load.elapsed;
+        all.latencies.extend(load.latencies);
+    }
+    all.latencies.sort_unstable();
+    all
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,16 +669,19 @@ fn main() {
             idle.handshaken_delta as f64 / 1024.0 / idle.opened.max(1) as f64,
         );
         println!(
-            "invalid-key flood during the valid load ({} tasks, paced over {} s): {}",
-            s.flood_tasks,
+            "invalid-key flood during the valid load ({FLOOD_ROUNDS} windows of {} s, {} tasks \
+             each, {} requests paced over each window): {}",
             s.load.secs.as_secs(),
+            s.flood_tasks,
+            s.invalid_keys,
             flooded.summary()
         );
         println!(
-            "  valid req/s {:.0} without (runs before and after, pooled), {:.0} during the flood; \
-             \"direct\" in that row is the Postern path without the flood, the ratio is with / \
-             without",
+            "  valid req/s {:.0} without ({} windows alternating with those, pooled), {:.0} \
+             during the flood; \"direct\" in that row is the Postern path without the flood, the \
+             ratio is with / without",
             without.rps(),
+            FLOOD_ROUNDS + 1,
             with.rps()
         );
         println!(
