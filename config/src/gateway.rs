@@ -171,6 +171,10 @@ pub struct GatewayLimits {
     /// HTTP/1 parser buffer on their own; Pingora's default of 64 KiB would cost that much
     /// memory per idle keep-alive client.
     pub client_read_buffer_bytes: usize,
+    /// On shutdown, how long open client connections have to finish (SSE and WebSocket
+    /// streams included) before the gateway exits; idle keep-alive connections close at once.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for GatewayLimits {
@@ -187,6 +191,7 @@ impl Default for GatewayLimits {
             request_header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             client_read_buffer_bytes: 0,
+            shutdown_grace: Duration::from_secs(30),
         }
     }
 }
@@ -363,6 +368,7 @@ impl GatewayLimits {
                 ("upstream_connect_timeout", self.upstream_connect_timeout),
                 ("upstream_idle_timeout", self.upstream_idle_timeout),
                 ("request_header_timeout", self.request_header_timeout),
+                ("shutdown_grace", self.shutdown_grace),
                 ("keepalive_timeout", self.keepalive_timeout),
             ],
         )
@@ -450,6 +456,7 @@ mod tests {
         assert_eq!(limits.key_cache_max_entries, 10_000);
         assert_eq!(limits.failed_auth_per_ip_per_minute, 30);
         assert_eq!(limits.upstream_idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.shutdown_grace, Duration::from_secs(30));
         assert!(cfg.base_domain.is_none() && cfg.leases.is_empty() && cfg.api_keys.is_empty());
         assert_eq!(cfg.ip, IpPolicy::default());
     }

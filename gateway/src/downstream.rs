@@ -5,18 +5,20 @@
 //! * **Connection cap.** At most `limits.max_connections` client connections are open at once,
 //!   across both listeners. One over the cap is closed at accept, before any TLS work, so a
 //!   flood of connections costs a socket and a refusal each, never unbounded memory.
-//! * **TLS handshake, bounded.** Pingora's listener would run the handshake with no timeout:
-//!   a client that connects and sends nothing, or half a ClientHello, would hold the
-//!   connection forever. The HTTPS listener is therefore a plain TCP listener, and the
-//!   handshake runs here with Pingora's own rustls acceptor (the same `TlsSettings`: SNI,
-//!   TLS 1.2+, ALPN), under the header deadline: `request_header_timeout` from accept covers
-//!   the handshake and the first request head together, as its config docs say.
+//! * **TLS handshake, bounded by config.** Pingora's listener gives the handshake a fixed 60 s,
+//!   which no setting changes: a client that connects and sends nothing, or half a
+//!   ClientHello, would hold a connection (and a slot) for a minute. The HTTPS listener is
+//!   therefore a plain TCP listener, and the handshake runs here with Pingora's own rustls
+//!   acceptor (the same `TlsSettings`: SNI, TLS 1.2+, ALPN), under the header deadline:
+//!   `request_header_timeout` from accept covers the handshake and the first request head
+//!   together, as its config docs say.
 //! * **Header deadline**: every connection is wrapped in a [`HeaderDeadlineStream`] armed for
 //!   what is left of that time (see [`crate::header_deadline`]).
 //! * **A task per connection.** The connection is served on a task of its own and Pingora's
 //!   accept task ends at once; nothing in Pingora waits on it, and shutdown reaches the
-//!   connection through the shutdown signal as before. The TLS handshake's state is boxed and
-//!   freed when the handshake ends, so an open connection never carries it.
+//!   connection through the shutdown signal as before; `crate::server` waits for the slots to
+//!   come back, up to `limits.shutdown_grace`, before the gateway exits. The TLS handshake's
+//!   state is boxed and freed when the handshake ends, so an open connection never carries it.
 //! * **HTTP/1 keep-alive loop**: Pingora's own loop (`ServerApp for HttpServerApp`), with one
 //!   difference: between two requests it waits for the first byte of the next head itself,
 //!   and only then builds Pingora's session and request future. An idle keep-alive
@@ -131,8 +133,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
         };
         // Boxed: the handshake's state is large and lives only as long as the handshake.
         let handshake = Box::pin(acceptor.tls_handshake(*tcp));
-        let deadline = accepted + self.header_timeout;
-        match tokio::time::timeout_at(deadline.into(), handshake).await {
+        let left = self.header_timeout.saturating_sub(accepted.elapsed());
+        match tokio::time::timeout(left, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "TLS handshake failed");

@@ -19,9 +19,9 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::downstream::{ConnectionSlots, DownstreamApp};
+use crate::downstream::DownstreamApp;
 use crate::proxy::GatewayProxy;
 use crate::state::GatewayState;
 use crate::GatewayError;
@@ -86,14 +86,18 @@ pub async fn serve(
     let listen = state.config.listen.clone();
     let conf = Arc::new(ServerConf::default());
     let limits = state.config.limits.clone();
-    let mut proxy = pingora::proxy::http_proxy(&conf, GatewayProxy { state });
+    let mut proxy = pingora::proxy::http_proxy(
+        &conf,
+        GatewayProxy {
+            state: Arc::clone(&state),
+        },
+    );
     // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
     // idle HTTP/1.1 connection is.
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(limits.keepalive_timeout);
     proxy.server_options = Some(options);
     let proxy = Arc::new(proxy);
-    let slots: ConnectionSlots = Arc::new(Semaphore::new(limits.max_connections));
     // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
     // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1 parser
     // buffer on their own, so the size comes from config (default: none).
@@ -116,7 +120,7 @@ pub async fn serve(
             Arc::clone(&proxy),
             acceptor,
             limits.request_header_timeout,
-            Arc::clone(&slots),
+            Arc::clone(&state.connections),
         );
         let mut listeners = Listeners::new();
         listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
@@ -132,5 +136,20 @@ pub async fn serve(
             .map(|service| service.start_service(None, shutdown.clone(), 1)),
     )
     .await;
+    // The listeners have stopped. Idle connections close on the shutdown signal; requests and
+    // streams in flight get `shutdown_grace` to finish, each holding its connection slot.
+    let open = state.open_connections();
+    // Every slot back means every connection has ended. (A cap beyond u32::MAX permits, which
+    // `acquire_many` takes, cannot be drained exactly; it is not a real configuration.)
+    let all = u32::try_from(state.max_connections()).unwrap_or(u32::MAX);
+    let drained =
+        tokio::time::timeout(limits.shutdown_grace, state.connections.acquire_many(all)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = state.open_connections(),
+            at_shutdown = open,
+            "shutdown grace over: client connections still open are cut"
+        );
+    }
     Ok(())
 }

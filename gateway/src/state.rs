@@ -1,13 +1,15 @@
 //! Everything the gateway resolves once at start-up from its config: the API key store, the
-//! pinned owner identity of every lease it serves, and the dialer (one E2EE session per lease).
-//! The request path only reads this.
+//! pinned owner identity of every lease it serves, the dialer (one E2EE session per lease) and
+//! the client connection slots. The request path only reads this.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use postern_config::GatewayConfig;
 use postern_sdk::{ClientOptions, Dialer, DialerConfig, Identity, LeaseTarget, RelayUrl};
 
 use crate::auth::KeyStore;
+use crate::downstream::ConnectionSlots;
 use crate::GatewayError;
 
 #[derive(Debug)]
@@ -17,6 +19,8 @@ pub struct GatewayState {
     /// Lease name (NFC) → where to dial and whom to expect there.
     pub leases: HashMap<String, LeaseTarget>,
     pub dialer: Dialer,
+    /// One permit per client connection that may be open (`limits.max_connections`).
+    pub connections: ConnectionSlots,
 }
 
 impl GatewayState {
@@ -55,11 +59,32 @@ impl GatewayState {
         dcfg.relays = relays;
         dcfg.client = client;
         dcfg.handshake_timeout = config.limits.upstream_connect_timeout;
+        let slots = tokio::sync::Semaphore::new(slot_count(&config));
         Ok(Self {
             keys,
             leases,
             dialer: Dialer::new(dcfg),
+            connections: Arc::new(slots),
             config,
         })
     }
+
+    /// Client connections open now, across listeners.
+    pub fn open_connections(&self) -> usize {
+        self.max_connections()
+            .saturating_sub(self.connections.available_permits())
+    }
+
+    /// How many client connections may be open at once.
+    pub fn max_connections(&self) -> usize {
+        slot_count(&self.config)
+    }
+}
+
+/// `limits.max_connections`, within what a semaphore can count.
+fn slot_count(config: &GatewayConfig) -> usize {
+    config
+        .limits
+        .max_connections
+        .min(tokio::sync::Semaphore::MAX_PERMITS)
 }

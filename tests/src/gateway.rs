@@ -26,6 +26,7 @@ pub struct TestGateway {
     pub state: Arc<GatewayState>,
     pub ca: CertificateDer<'static>,
     shutdown: watch::Sender<bool>,
+    serving: tokio::task::JoinHandle<Result<(), postern_gateway::GatewayError>>,
     _dir: tempfile::TempDir,
 }
 
@@ -108,7 +109,7 @@ impl TestGateway {
             postern_config::parse_gateway(&toml, "test").unwrap_or_else(|e| panic!("{e}\n{toml}"));
         let state = Arc::new(GatewayState::load(config).unwrap());
         let (tx, rx) = watch::channel(false);
-        tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
+        let serving = tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
         // Wait for both listeners.
         for addr in [https, http] {
             for _ in 0..200 {
@@ -125,6 +126,7 @@ impl TestGateway {
             state,
             ca: cert.cert.der().clone(),
             shutdown: tx,
+            serving,
             _dir: dir,
         }
     }
@@ -132,6 +134,11 @@ impl TestGateway {
     /// Starts a graceful shutdown: the listeners stop and idle connections are closed.
     pub fn begin_shutdown(&self) {
         let _ = self.shutdown.send(true);
+    }
+
+    /// Whether `server::serve` has returned (after a shutdown: the gateway would exit now).
+    pub fn has_stopped(&self) -> bool {
+        self.serving.is_finished()
     }
 
     fn tls_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {

@@ -325,10 +325,25 @@ async fn idle_keep_alive_connections_close_on_shutdown_and_busy_ones_finish() {
 
     gw.begin_shutdown();
     closed_within(&mut idle, Duration::from_secs(10)).await;
+    // The listeners have stopped, but the gateway waits for the upload before it exits: it
+    // has not stopped half a second later (it would have, in milliseconds, without the wait).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!gw.has_stopped());
 
     busy.write_all(b"cd").await.unwrap();
     let resp = read_until(&mut busy, |r| r.ends_with("\r\n\r\n4")).await;
     assert!(resp.starts_with("HTTP/1.1 200"));
+    drop(busy);
+    for _ in 0..100 {
+        if gw.has_stopped() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        gw.has_stopped(),
+        "the gateway still waited after its last connection ended"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,22 +371,19 @@ async fn tls_handshakes_are_bounded_by_the_header_deadline() {
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
-/// Whether a new connection to `addr` gets an answer to one request (`false` when the gateway
-/// closes it unanswered).
-async fn served_on_a_new_connection(addr: std::net::SocketAddr, key: &str) -> bool {
-    let Ok(mut tcp) = TcpStream::connect(addr).await else {
-        return false;
-    };
+/// What a new connection to `addr` gets for one request: nothing when the gateway closes it
+/// unanswered.
+async fn answer_on_a_new_connection(addr: std::net::SocketAddr, key: &str) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     let req = format!(
         "GET /peer/web/hello HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
     );
-    if tcp.write_all(req.as_bytes()).await.is_err() {
-        return false;
-    }
+    // A connection closed at accept may refuse the write or the read: both mean no answer.
+    let _ = tcp.write_all(req.as_bytes()).await;
     let mut got = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "neither answered nor closed");
-    String::from_utf8_lossy(&got).contains("hello from origin")
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -381,6 +393,15 @@ async fn connections_over_the_cap_are_closed_at_accept() {
         "[limits]\nmax_connections = 2\nrequest_header_timeout = \"300s\"\n",
     )
     .await;
+
+    // The start-up probes of both listeners are gone once their slots are back.
+    for _ in 0..100 {
+        if gw.state.open_connections() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.state.open_connections(), 0);
 
     // Two connections, one on each listener, hold both slots. Each is served once first: a
     // bare connect returns before the gateway has taken the connection from the accept queue.
@@ -397,7 +418,8 @@ async fn connections_over_the_cap_are_closed_at_accept() {
     }
 
     // A third, on either listener, is closed without an answer (within 10 s, not 300).
-    assert!(!served_on_a_new_connection(gw.http, &gw.api_key).await);
+    assert_eq!(gw.state.open_connections(), 2);
+    assert_eq!(answer_on_a_new_connection(gw.http, &gw.api_key).await, "");
     let mut refused = TcpStream::connect(gw.https).await.unwrap();
     closed_within(&mut refused, Duration::from_secs(10)).await;
 
@@ -412,7 +434,10 @@ async fn connections_over_the_cap_are_closed_at_accept() {
     // Once one closes, its slot is free again.
     drop(plain);
     let mut attempts = 0;
-    while !served_on_a_new_connection(gw.http, &gw.api_key).await {
+    while !answer_on_a_new_connection(gw.http, &gw.api_key)
+        .await
+        .contains("hello from origin")
+    {
         attempts += 1;
         assert!(
             attempts < 50,
