@@ -270,7 +270,7 @@ async fn agent_cmd(path: &Path) -> anyhow::Result<()> {
     }
     tokio::select! {
         r = expose::serve_leases(listener, targets, None, ExposeOptions::default()) => r?,
-        _ = tokio::signal::ctrl_c() => eprintln!("postern: stopping"),
+        _ = postern_sdk::signal::stop_signal() => eprintln!("postern: stopping"),
     }
     Ok(())
 }
@@ -343,7 +343,7 @@ async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
     );
     tokio::select! {
         r = expose::serve(listener, target, ExposeOptions::default()) => r?,
-        _ = tokio::signal::ctrl_c() => eprintln!("postern: stopping"),
+        _ = postern_sdk::signal::stop_signal() => eprintln!("postern: stopping"),
     }
     Ok(())
 }

@@ -30,11 +30,7 @@ async fn main() -> anyhow::Result<()> {
     let path = args.config;
     let config = postern_config::load_gateway(&path)?;
     let state = Arc::new(GatewayState::load(config).context("starting the gateway")?);
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = tx.send(true);
-    });
-    postern_gateway::server::serve(state, rx).await?;
+    let shutdown = postern_gateway::server::shutdown_on_stop_signal();
+    postern_gateway::server::serve(state, shutdown).await?;
     Ok(())
 }

@@ -78,6 +78,22 @@ pub fn tls_settings(certs: &[TlsCert]) -> Result<TlsSettings, GatewayError> {
     Ok(settings)
 }
 
+/// A shutdown signal for [`serve`] driven by the process's stop signals: the first SIGTERM or
+/// Ctrl-C starts a graceful shutdown (open connections get `limits.shutdown_grace`), a second
+/// one ends the process at once.
+pub fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        postern_sdk::signal::stop_signal().await;
+        tracing::warn!("stop signal: shutting down gracefully (send it again to stop at once)");
+        let _ = tx.send(true);
+        postern_sdk::signal::stop_signal().await;
+        tracing::warn!("second stop signal: exiting now");
+        std::process::exit(130);
+    });
+    rx
+}
+
 /// Runs the gateway's listeners until `shutdown` turns true.
 pub async fn serve(
     state: Arc<GatewayState>,

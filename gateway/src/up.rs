@@ -160,12 +160,8 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
         lease = opts.lease,
         port = opts.https.port(),
     );
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
-        let _ = tx.send(true);
-    });
-    let served = crate::server::serve(state, rx).await;
+    let shutdown = crate::server::shutdown_on_stop_signal();
+    let served = crate::server::serve(state, shutdown).await;
     relay_handle.shutdown();
     served
 }

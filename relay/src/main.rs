@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %handle.local_addr(), "relay listening");
     let shutdown = handle.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        postern_sdk::signal::stop_signal().await;
         tracing::info!("signal received; shutting down gracefully");
         shutdown.shutdown();
     });
@@ -112,19 +112,4 @@ mod dev {
         );
         Ok(config)
     }
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

@@ -21,6 +21,7 @@ pub mod noise;
 pub mod protocol;
 pub mod record;
 pub mod relay_client;
+pub mod signal;
 pub mod tls;
 pub mod websocket;
 

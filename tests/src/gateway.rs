@@ -51,19 +51,21 @@ pub fn api_key_toml(id: &str, leases: &str, extra: &str) -> (String, String) {
     )
 }
 
-impl TestGateway {
-    /// The setup most gateway tests start from: a test net, an origin exposed there as lease
-    /// `web`, and a gateway for it with `extra_toml`. The net is returned to keep it running.
-    pub async fn for_web_origin(extra_toml: &str) -> (TestNet, Self) {
-        let net = TestNet::start().await;
-        let origin = crate::spawn_origin().await;
-        let owner = net.expose("web", origin).await;
-        let gw = Self::start(&net, &[("web", &owner)], extra_toml).await;
-        (net, gw)
-    }
+/// A gateway's files and configuration: its identity key, dial grants, a self-signed
+/// certificate, an API key allowed on every lease, and the TOML naming them, with two free
+/// loopback ports for the listeners.
+pub struct GatewayFiles {
+    pub dir: tempfile::TempDir,
+    pub toml: String,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+    pub api_key: String,
+    pub ca: CertificateDer<'static>,
+}
 
-    /// Starts a gateway serving `leases` (name, owner) with `extra_keys` TOML appended.
-    pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
+impl GatewayFiles {
+    /// Files for a gateway serving `leases` (name, owner), with `extra_toml` appended.
+    pub fn new(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let me = Identity::generate();
         let key_file = dir.path().join("gateway.key");
@@ -105,29 +107,65 @@ impl TestGateway {
                 owner.public_base64()
             ));
         }
-        let config =
-            postern_config::parse_gateway(&toml, "test").unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let state = Arc::new(GatewayState::load(config).unwrap());
-        let (tx, rx) = watch::channel(false);
-        let serving = tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
-        // Wait for both listeners.
-        for addr in [https, http] {
-            for _ in 0..200 {
+        Self {
+            dir,
+            toml,
+            https,
+            http,
+            api_key,
+            ca: cert.cert.der().clone(),
+        }
+    }
+
+    /// The TOML written to a file, for the `postern-gateway` binary.
+    pub fn write_config(&self) -> std::path::PathBuf {
+        let path = self.dir.path().join("gateway.toml");
+        std::fs::write(&path, &self.toml).unwrap();
+        path
+    }
+
+    /// Waits (bounded) until both listeners accept connections.
+    pub async fn wait_for_listeners(&self) {
+        for addr in [self.https, self.http] {
+            for _ in 0..500 {
                 if tokio::net::TcpStream::connect(addr).await.is_ok() {
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
             }
         }
+    }
+}
+
+impl TestGateway {
+    /// The setup most gateway tests start from: a test net, an origin exposed there as lease
+    /// `web`, and a gateway for it with `extra_toml`. The net is returned to keep it running.
+    pub async fn for_web_origin(extra_toml: &str) -> (TestNet, Self) {
+        let net = TestNet::start().await;
+        let origin = crate::spawn_origin().await;
+        let owner = net.expose("web", origin).await;
+        let gw = Self::start(&net, &[("web", &owner)], extra_toml).await;
+        (net, gw)
+    }
+
+    /// Starts a gateway serving `leases` (name, owner) with `extra_toml` appended.
+    pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
+        let files = GatewayFiles::new(net, leases, extra_toml);
+        let config = postern_config::parse_gateway(&files.toml, "test")
+            .unwrap_or_else(|e| panic!("{e}\n{}", files.toml));
+        let state = Arc::new(GatewayState::load(config).unwrap());
+        let (tx, rx) = watch::channel(false);
+        let serving = tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
+        files.wait_for_listeners().await;
         Self {
-            https,
-            http,
-            api_key,
+            https: files.https,
+            http: files.http,
+            api_key: files.api_key,
             state,
-            ca: cert.cert.der().clone(),
+            ca: files.ca,
             shutdown: tx,
             serving,
-            _dir: dir,
+            _dir: files.dir,
         }
     }
 

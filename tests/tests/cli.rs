@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -15,18 +15,6 @@ use std::time::Duration;
 use postern_sdk::protocol::permission;
 use postern_sdk::{Dialer, DialerConfig, Identity, RelayUrl};
 use postern_tests::*;
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap();
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built: run `cargo test --workspace` (or `cargo build --workspace`) first",
-        path.display()
-    );
-    path
-}
 
 /// Kills the child when dropped, so a failing test leaves no process behind.
 struct Proc {
@@ -99,7 +87,7 @@ fn free_port() -> u16 {
 
 fn start_relay(config: &Path) -> Proc {
     let relay = Proc::spawn(
-        Command::new(bin("postern-relay"))
+        Command::new(built_binary("postern-relay"))
             .arg("--config")
             .arg(config),
     );
@@ -113,7 +101,7 @@ async fn binaries_expose_a_service_and_survive_a_relay_restart() {
     let cp_key = dir.path().join("control-plane.key");
     let agent_key = dir.path().join("agent.key");
     let grants = dir.path().join("agent.grants");
-    let postern = bin("postern");
+    let postern = built_binary("postern");
 
     let cp_out = run(Command::new(&postern)
         .args(["keygen", "--out"])
@@ -262,7 +250,7 @@ target = "tcp://{echo_addr}"
     )
     .unwrap();
     let agent = Proc::spawn(
-        Command::new(bin("postern"))
+        Command::new(built_binary("postern"))
             .arg("agent")
             .arg("--config")
             .arg(&config),
@@ -292,7 +280,7 @@ async fn invalid_agent_config_names_the_field() {
         "relays = [\"ws://127.0.0.1:1\"]\nidentity_key_file = \"k\"\ngrant_file = \"g\"\n\n[[lease]]\nname = \"has space\"\ntarget = \"http://127.0.0.1:1\"\n",
     )
     .unwrap();
-    let out = Command::new(bin("postern"))
+    let out = Command::new(built_binary("postern"))
         .arg("agent")
         .arg("--config")
         .arg(&config)

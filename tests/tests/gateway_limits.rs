@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use http::{Method, StatusCode};
-use postern_tests::gateway::{authed, TestGateway};
+use postern_tests::gateway::{authed, GatewayFiles, TestGateway};
 use postern_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -444,5 +444,90 @@ async fn connections_over_the_cap_are_closed_at_accept() {
             "the closed connection's slot was never given back"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_binary_drains_on_sigterm_and_stops_at_once_on_a_second() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let files = GatewayFiles::new(&net, &[("web", &owner)], "");
+    let start = || {
+        let child = std::process::Command::new(built_binary("postern-gateway"))
+            .arg("--config")
+            .arg(files.write_config())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        KillOnDrop(child)
+    };
+    let upload_head = format!(
+        "POST /peer/web/count HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Length: 4\r\n\r\nab",
+        files.api_key
+    );
+
+    // SIGTERM (what systemd and Kubernetes send) is a graceful shutdown: an upload in flight is
+    // served to the end, and then the process exits cleanly.
+    let mut gw = start();
+    files.wait_for_listeners().await;
+    let mut busy = TcpStream::connect(files.http).await.unwrap();
+    busy.write_all(upload_head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        gw.0.try_wait().unwrap().is_none(),
+        "exited with an upload in flight"
+    );
+    busy.write_all(b"cd").await.unwrap();
+    let resp = read_until(&mut busy, |r| r.ends_with("\r\n\r\n4")).await;
+    assert!(resp.starts_with("HTTP/1.1 200"));
+    drop(busy);
+    assert!(gw.exited_within(Duration::from_secs(10)).await.success());
+
+    // A second stop signal does not wait for the grace period.
+    let mut gw = start();
+    files.wait_for_listeners().await;
+    let mut busy = TcpStream::connect(files.http).await.unwrap();
+    busy.write_all(upload_head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("-INT");
+    gw.exited_within(Duration::from_secs(10)).await;
+}
+
+/// A child process, killed if the test ends before it exits.
+struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    fn signal(&self, sig: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(sig)
+            .arg(self.0.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit; panics after `within`.
+    async fn exited_within(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
