@@ -28,7 +28,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let path = args.config;
-    let config = postern_config::load_gateway(&path)?;
+    let config = postern_config::load_gateway(&path)
+        .with_context(|| format!("config {}", path.display()))?;
     let state = Arc::new(GatewayState::load(config).context("starting the gateway")?);
     let shutdown = postern_gateway::server::shutdown_on_stop_signal();
     postern_gateway::server::serve(state, shutdown).await?;

@@ -453,29 +453,10 @@ async fn the_gateway_binary_drains_on_sigterm_and_stops_at_once_on_a_second() {
     let origin = spawn_origin().await;
     let owner = net.expose("web", origin).await;
     let files = GatewayFiles::new(&net, &[("web", &owner)], "");
-    let start = || {
-        let child = std::process::Command::new(built_binary("postern-gateway"))
-            .arg("--config")
-            .arg(files.write_config())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        KillOnDrop(child)
-    };
-    let upload_head = format!(
-        "POST /peer/web/count HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Length: 4\r\n\r\nab",
-        files.api_key
-    );
 
     // SIGTERM (what systemd and Kubernetes send) is a graceful shutdown: an upload in flight is
     // served to the end, and then the process exits cleanly.
-    let mut gw = start();
-    files.wait_for_listeners().await;
-    let mut busy = TcpStream::connect(files.http).await.unwrap();
-    busy.write_all(upload_head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    gw.signal("-TERM");
+    let (mut gw, mut busy) = sigterm_during_an_upload(&files).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         gw.0.try_wait().unwrap().is_none(),
@@ -487,16 +468,34 @@ async fn the_gateway_binary_drains_on_sigterm_and_stops_at_once_on_a_second() {
     drop(busy);
     assert!(gw.exited_within(Duration::from_secs(10)).await.success());
 
-    // A second stop signal does not wait for the grace period.
-    let mut gw = start();
-    files.wait_for_listeners().await;
-    let mut busy = TcpStream::connect(files.http).await.unwrap();
-    busy.write_all(upload_head.as_bytes()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    gw.signal("-TERM");
+    // A second stop signal does not wait for the upload or the grace period (30 s).
+    let (mut gw, _busy) = sigterm_during_an_upload(&files).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     gw.signal("-INT");
     gw.exited_within(Duration::from_secs(10)).await;
+}
+
+/// Runs the `postern-gateway` binary on `files`, starts an upload that stays in flight (half
+/// its body sent), and sends the process SIGTERM.
+async fn sigterm_during_an_upload(files: &GatewayFiles) -> (KillOnDrop, TcpStream) {
+    let child = std::process::Command::new(built_binary("postern-gateway"))
+        .arg("--config")
+        .arg(files.write_config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let gw = KillOnDrop(child);
+    files.wait_for_listeners().await;
+    let mut busy = TcpStream::connect(files.http).await.unwrap();
+    let head = format!(
+        "POST /peer/web/count HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {}\r\nContent-Length: 4\r\n\r\nab",
+        files.api_key
+    );
+    busy.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal("-TERM");
+    (gw, busy)
 }
 
 /// A child process, killed if the test ends before it exits.
