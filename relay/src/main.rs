@@ -6,6 +6,15 @@ use anyhow::Context;
 use clap::Parser;
 use postern_relay::Relay;
 
+/// glibc's allocator serialises on its arena locks when one thread frees what another
+/// allocated, which every proxied buffer does; mimalloc frees into per-thread pages. In the
+/// gateway bench (32 connections, small responses) the gateway's CPU per request went from
+/// 40.4 to 37.0 µs and its RSS per idle client connection from 16.9 to 6.1 KiB. The `postern`
+/// command (the agent) keeps the system allocator: there mimalloc's retained pages raised the
+/// RSS per idle inner stream from 17.8 to 29.8 KiB in the tunnel bench.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Postern relay: brokers leases and splices end-to-end-encrypted streams it cannot read.
 #[derive(Debug, Parser)]
 #[command(version)]
