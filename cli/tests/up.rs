@@ -156,3 +156,75 @@ async fn up_prints_a_key_and_commands_that_work() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     assert_eq!(body, "hi from laptop");
 }
+
+/// `postern up` on the given addresses; waits (bounded) for it to exit and returns its
+/// output.
+fn run_up_until_exit(dir: &std::path::Path, https: std::net::SocketAddr) -> std::process::Output {
+    let child = Command::new(env!("CARGO_BIN_EXE_postern"))
+        .arg("up")
+        .arg("--data-dir")
+        .arg(dir)
+        .args([
+            "--relay",
+            &free_addr().to_string(),
+            "--https",
+            &https.to_string(),
+            "--http",
+            &free_addr().to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = Kill(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while guard.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "postern up still running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut out = std::process::Output {
+        status: guard.0.try_wait().unwrap().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read;
+    guard
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut out.stdout)
+        .unwrap();
+    guard
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_end(&mut out.stderr)
+        .unwrap();
+    out
+}
+
+#[test]
+fn up_on_a_port_in_use_fails_before_showing_or_keeping_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let https = taken.local_addr().unwrap();
+    let out = run_up_until_exit(dir.path(), https);
+    assert!(!out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains(&format!("cannot listen on {https}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stdout.contains("API key"), "{stdout}");
+    // No key was shown, so none was kept: the next run makes (and shows) one.
+    assert!(!dir.path().join("api-keys.toml").exists());
+}

@@ -27,4 +27,9 @@ pub enum GatewayError {
     Key(String),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
 }

@@ -4,15 +4,21 @@
 //! [`crate::downstream`], with Pingora's acceptor, so that it is bounded in time.
 //!
 //! Certificates are loaded and checked here, with errors naming the file, before anything is
-//! handed to Pingora (whose `TlsSettings::build` panics on bad files).
+//! handed to Pingora (whose `TlsSettings::build` panics on bad files). The listening sockets are
+//! bound here too and handed to Pingora as inherited descriptors: Pingora's own bind retries an
+//! address in use for several seconds and then panics.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
+use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
 use postern_config::TlsCert;
 use rustls::pki_types::pem::PemObject;
@@ -78,7 +84,28 @@ pub fn tls_settings(certs: &[TlsCert]) -> Result<TlsSettings, GatewayError> {
     Ok(settings)
 }
 
-/// A shutdown signal for [`serve`] driven by the process's stop signals: the first SIGTERM or
+/// Binds a listening socket (`SO_REUSEADDR`, as Pingora would), so that an address in use or
+/// not ours is a located error rather than a panic inside Pingora. Non-blocking, as tokio
+/// requires of a socket it adopts.
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, GatewayError> {
+    let err = |source| GatewayError::Listen { addr, source };
+    let socket = std::net::TcpListener::bind(addr).map_err(err)?;
+    socket.set_nonblocking(true).map_err(err)?;
+    Ok(socket)
+}
+
+/// The table of "inherited" listening sockets Pingora looks an address up in before binding it
+/// itself (its zero-downtime upgrade path), keyed by the address string its
+/// `ListenerConfig::tcp` was given. Pingora takes ownership of each descriptor.
+fn inherited_fds(sockets: Vec<(SocketAddr, std::net::TcpListener)>) -> ListenFds {
+    let mut fds = Fds::new();
+    for (addr, socket) in sockets {
+        fds.add(addr.to_string(), socket.into_raw_fd());
+    }
+    Arc::new(parking_lot::Mutex::new(fds))
+}
+
+/// A shutdown signal for [`Gateway::serve`] driven by the process's stop signals: the first SIGTERM or
 /// Ctrl-C starts a graceful shutdown (open connections get `limits.shutdown_grace`), a second
 /// one ends the process at once.
 pub fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
@@ -94,78 +121,146 @@ pub fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
     rx
 }
 
-/// Runs the gateway's listeners until `shutdown` turns true.
+/// The gateway's listeners, bound and ready: [`Gateway::bind`] does everything that can fail
+/// (certificates, sockets), [`Gateway::serve`] runs them.
+pub struct Gateway {
+    state: Arc<GatewayState>,
+    services: Vec<pingora::services::listening::Service<DownstreamApp<HttpProxy<GatewayProxy>>>>,
+    fds: ListenFds,
+    http: Option<SocketAddr>,
+    https: Option<SocketAddr>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("http", &self.http)
+            .field("https", &self.https)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Loads the certificates and binds the listening sockets. A configured port 0 becomes a
+    /// port chosen by the system: see [`Gateway::http_addr`] and [`Gateway::https_addr`].
+    pub fn bind(state: Arc<GatewayState>) -> Result<Self, GatewayError> {
+        let listen = state.config.listen.clone();
+        let conf = Arc::new(ServerConf::default());
+        let limits = state.config.limits.clone();
+        let mut proxy = pingora::proxy::http_proxy(
+            &conf,
+            GatewayProxy {
+                state: Arc::clone(&state),
+            },
+        );
+        // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
+        // idle HTTP/1.1 connection is.
+        let mut options = HttpServerOptions::default();
+        options.h2_idle_timeout = Some(limits.keepalive_timeout);
+        proxy.server_options = Some(options);
+        let proxy = Arc::new(proxy);
+        // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
+        // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1
+        // parser buffer on their own, so the size comes from config (default: none).
+        let buffers = L4BufferSettings::default().read(limits.client_read_buffer_bytes);
+        // One service per listener, both on this runtime, sharing the proxy and the
+        // connection slots. The HTTPS listener is plain TCP: the TLS handshake runs in
+        // `DownstreamApp`, under the header deadline (see `crate::downstream`).
+        let mut services = Vec::new();
+        let mut sockets = Vec::new();
+        let mut bound = [None, None];
+        let listeners = [
+            ("postern gateway http", listen.http, None),
+            ("postern gateway https", listen.https, Some(&listen.tls)),
+        ];
+        for (i, (name, addr, tls)) in listeners.into_iter().enumerate() {
+            let Some(addr) = addr else { continue };
+            let acceptor = match tls {
+                Some(certs) => Some(tls_settings(certs)?.build()),
+                None => None,
+            };
+            let socket = bind(addr)?;
+            // Pingora finds the socket by address string: the bound one, which is unique
+            // (both listeners may be configured on port 0).
+            let local = socket
+                .local_addr()
+                .map_err(|source| GatewayError::Listen { addr, source })?;
+            bound[i] = Some(local);
+            sockets.push((local, socket));
+            let app = DownstreamApp::new(
+                Arc::clone(&proxy),
+                acceptor,
+                limits.request_header_timeout,
+                Arc::clone(&state.connections),
+            );
+            let mut listeners = Listeners::new();
+            listeners.add_listener(ListenerConfig::tcp(local.to_string()).l4_buffer(buffers));
+            services.push(pingora::services::listening::Service::with_listeners(
+                name.into(),
+                listeners,
+                app,
+            ));
+        }
+        let [http, https] = bound;
+        Ok(Self {
+            state,
+            services,
+            fds: inherited_fds(sockets),
+            http,
+            https,
+        })
+    }
+
+    /// The plain HTTP listener's address, if one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http
+    }
+
+    /// The HTTPS listener's address, if one is configured.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https
+    }
+
+    /// Serves until `shutdown` turns true, then drains open connections for up to
+    /// `limits.shutdown_grace`.
+    pub async fn serve(self, shutdown: watch::Receiver<bool>) {
+        let Self {
+            state,
+            mut services,
+            fds,
+            ..
+        } = self;
+        futures::future::join_all(
+            services
+                .iter_mut()
+                .map(|service| service.start_service(Some(fds.clone()), shutdown.clone(), 1)),
+        )
+        .await;
+        // The listeners have stopped. Idle connections close on the shutdown signal; requests
+        // and streams in flight get `shutdown_grace` to finish, each holding its connection
+        // slot.
+        let open = state.open_connections();
+        // Every slot back means every connection has ended. (A cap beyond u32::MAX permits,
+        // which `acquire_many` takes, cannot be drained exactly; it is not a real
+        // configuration.)
+        let all = u32::try_from(state.max_connections()).unwrap_or(u32::MAX);
+        let grace = state.config.limits.shutdown_grace;
+        let drained = tokio::time::timeout(grace, state.connections.acquire_many(all)).await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = state.open_connections(),
+                at_shutdown = open,
+                "shutdown grace over: client connections still open are cut"
+            );
+        }
+    }
+}
+
+/// Binds the gateway's listeners and serves until `shutdown` turns true.
 pub async fn serve(
     state: Arc<GatewayState>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
-    let listen = state.config.listen.clone();
-    let conf = Arc::new(ServerConf::default());
-    let limits = state.config.limits.clone();
-    let mut proxy = pingora::proxy::http_proxy(
-        &conf,
-        GatewayProxy {
-            state: Arc::clone(&state),
-        },
-    );
-    // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
-    // idle HTTP/1.1 connection is.
-    let mut options = HttpServerOptions::default();
-    options.h2_idle_timeout = Some(limits.keepalive_timeout);
-    proxy.server_options = Some(options);
-    let proxy = Arc::new(proxy);
-    // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
-    // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1 parser
-    // buffer on their own, so the size comes from config (default: none).
-    let buffers = L4BufferSettings::default().read(limits.client_read_buffer_bytes);
-    // One service per listener, both on this runtime, sharing the proxy and the connection
-    // slots. The HTTPS listener is plain TCP: the TLS handshake runs in `DownstreamApp`, under
-    // the header deadline (see `crate::downstream`).
-    let mut services = Vec::new();
-    let listeners = [
-        ("postern gateway http", listen.http, None),
-        ("postern gateway https", listen.https, Some(&listen.tls)),
-    ];
-    for (name, addr, tls) in listeners {
-        let Some(addr) = addr else { continue };
-        let acceptor = match tls {
-            Some(certs) => Some(tls_settings(certs)?.build()),
-            None => None,
-        };
-        let app = DownstreamApp::new(
-            Arc::clone(&proxy),
-            acceptor,
-            limits.request_header_timeout,
-            Arc::clone(&state.connections),
-        );
-        let mut listeners = Listeners::new();
-        listeners.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
-        services.push(pingora::services::listening::Service::with_listeners(
-            name.into(),
-            listeners,
-            app,
-        ));
-    }
-    futures::future::join_all(
-        services
-            .iter_mut()
-            .map(|service| service.start_service(None, shutdown.clone(), 1)),
-    )
-    .await;
-    // The listeners have stopped. Idle connections close on the shutdown signal; requests and
-    // streams in flight get `shutdown_grace` to finish, each holding its connection slot.
-    let open = state.open_connections();
-    // Every slot back means every connection has ended. (A cap beyond u32::MAX permits, which
-    // `acquire_many` takes, cannot be drained exactly; it is not a real configuration.)
-    let all = u32::try_from(state.max_connections()).unwrap_or(u32::MAX);
-    let drained =
-        tokio::time::timeout(limits.shutdown_grace, state.connections.acquire_many(all)).await;
-    if drained.is_err() {
-        tracing::warn!(
-            open = state.open_connections(),
-            at_shutdown = open,
-            "shutdown grace over: client connections still open are cut"
-        );
-    }
+    Gateway::bind(state)?.serve(shutdown).await;
     Ok(())
 }

@@ -73,9 +73,17 @@ fn write_private(path: &Path, text: &str) -> Result<(), GatewayError> {
         .map_err(|e| err(format!("{}: {e}", path.display())))
 }
 
+/// An API key generated on the first run: shown once, and only its argon2id hash (in
+/// `record`) is kept. The record is written once the listeners are bound, so that a run that
+/// fails to start does not keep a key nobody was shown.
+struct NewKey {
+    key: String,
+    record: String,
+}
+
 /// Prepares the data directory; returns the gateway config text and, on first run, the new
-/// API key (only its argon2id hash is stored).
-fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<String>), GatewayError> {
+/// API key.
+fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<NewKey>), GatewayError> {
     let dir = &opts.data_dir;
     std::fs::create_dir_all(dir).map_err(|e| err(format!("{}: {e}", dir.display())))?;
     let cp = load_or_create(&dir.join("control-plane.key"))?;
@@ -105,17 +113,15 @@ fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<String>), Ga
     }
 
     let keys_path = dir.join("api-keys.toml");
-    let new_key = if keys_path.exists() {
-        None
+    let (api_keys, new_key) = if keys_path.exists() {
+        (std::fs::read_to_string(&keys_path).map_err(err)?, None)
     } else {
         let (key, id, phc) = crate::auth::generate(12).map_err(err)?;
-        write_private(
-            &keys_path,
-            &format!("[[api_key]]\nid = \"{id}\"\nhash = \"{phc}\"\nname = \"postern up\"\nleases = [\"*\"]\n"),
-        )?;
-        Some(key)
+        let record = format!(
+            "[[api_key]]\nid = \"{id}\"\nhash = \"{phc}\"\nname = \"postern up\"\nleases = [\"*\"]\n"
+        );
+        (record.clone(), Some(NewKey { key, record }))
     };
-    let api_keys = std::fs::read_to_string(&keys_path).map_err(err)?;
     let toml = format!(
         "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{gw_key}\"\ngrant_file = \"{gw_grants}\"\nbase_domain = \"localhost\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[[lease]]\nname = \"{lease}\"\nowner_identity = \"{owner}\"\n\n{api_keys}",
         relay = opts.relay,
@@ -141,12 +147,17 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
     tokio::spawn(relay.run());
     let config = postern_config::parse_gateway(&toml, "postern up").map_err(err)?;
     let state = Arc::new(GatewayState::load(config)?);
+    // Bound before anything is printed: a port in use is an error, not a banner and then one.
+    let gateway = crate::server::Gateway::bind(state)?;
+    if let Some(new) = &new_key {
+        write_private(&opts.data_dir.join("api-keys.toml"), &new.record)?;
+    }
     let dir = opts.data_dir.display();
     let key_line = match &new_key {
-        Some(k) => format!("API key (shown once; only its hash is kept): {k}"),
+        Some(new) => format!("API key (shown once; only its hash is kept): {}", new.key),
         None => format!("API key: the one printed on the first run (hash in {dir}/api-keys.toml)"),
     };
-    let key_for_curl = new_key.as_deref().unwrap_or("<your API key>");
+    let key_for_curl = new_key.as_ref().map_or("<your API key>", |new| &new.key);
     println!(
         "postern up: relay ws://{relay}  gateway https://{https} (and http://{http})\n{key_line}\n\n\
          1. expose a local HTTP service (port 3000 here) as lease {lease:?}:\n   \
@@ -161,7 +172,7 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
         port = opts.https.port(),
     );
     let shutdown = crate::server::shutdown_on_stop_signal();
-    let served = crate::server::serve(state, shutdown).await;
+    gateway.serve(shutdown).await;
     relay_handle.shutdown();
-    served
+    Ok(())
 }

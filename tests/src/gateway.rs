@@ -26,7 +26,7 @@ pub struct TestGateway {
     pub state: Arc<GatewayState>,
     pub ca: CertificateDer<'static>,
     shutdown: watch::Sender<bool>,
-    serving: tokio::task::JoinHandle<Result<(), postern_gateway::GatewayError>>,
+    serving: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -151,15 +151,20 @@ impl TestGateway {
     /// Starts a gateway serving `leases` (name, owner) with `extra_toml` appended.
     pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
         let files = GatewayFiles::new(net, leases, extra_toml);
-        let config = postern_config::parse_gateway(&files.toml, "test")
+        let mut config = postern_config::parse_gateway(&files.toml, "test")
             .unwrap_or_else(|e| panic!("{e}\n{}", files.toml));
+        // In process, the listeners take ports the system picks: no race for a free port.
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        config.listen.https = Some(any_port);
+        config.listen.http = Some(any_port);
         let state = Arc::new(GatewayState::load(config).unwrap());
+        let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&state)).unwrap();
+        let (https, http) = (gateway.https_addr().unwrap(), gateway.http_addr().unwrap());
         let (tx, rx) = watch::channel(false);
-        let serving = tokio::spawn(postern_gateway::server::serve(Arc::clone(&state), rx));
-        files.wait_for_listeners().await;
+        let serving = tokio::spawn(gateway.serve(rx));
         Self {
-            https: files.https,
-            http: files.http,
+            https,
+            http,
             api_key: files.api_key,
             state,
             ca: files.ca,
@@ -174,7 +179,7 @@ impl TestGateway {
         let _ = self.shutdown.send(true);
     }
 
-    /// Whether `server::serve` has returned (after a shutdown: the gateway would exit now).
+    /// Whether `Gateway::serve` has returned (after a shutdown: the gateway would exit now).
     pub fn has_stopped(&self) -> bool {
         self.serving.is_finished()
     }

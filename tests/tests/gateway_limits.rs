@@ -475,6 +475,32 @@ async fn the_gateway_binary_drains_on_sigterm_and_stops_at_once_on_a_second() {
     gw.exited_within(Duration::from_secs(10)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_address_in_use_is_a_clear_error_not_a_panic() {
+    let net = TestNet::start().await;
+    let files = GatewayFiles::new(&net, &[], "");
+    // Someone else holds the HTTPS port (a plain listener: no SO_REUSEPORT to share it).
+    let _taken = std::net::TcpListener::bind(files.https).unwrap();
+    let child = std::process::Command::new(built_binary("postern-gateway"))
+        .arg("--config")
+        .arg(files.write_config())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gw = KillOnDrop(child);
+    // At once: Pingora's own bind would retry for seconds and then panic.
+    let status = gw.exited_within(Duration::from_secs(5)).await;
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(gw.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(
+        err.contains(&format!("cannot listen on {}", files.https)) && err.contains("in use"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// Runs the `postern-gateway` binary on `files`, starts an upload that stays in flight (half
 /// its body sent), and sends the process SIGTERM.
 async fn sigterm_during_an_upload(files: &GatewayFiles) -> (KillOnDrop, TcpStream) {
