@@ -10,7 +10,6 @@ pub mod auth;
 pub mod connector;
 pub mod downstream;
 pub mod header_deadline;
-pub mod hop_by_hop;
 pub mod problem;
 pub mod proxy;
 pub mod route;

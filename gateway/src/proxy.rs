@@ -8,7 +8,7 @@
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
 //! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
 //!    E2EE session.
-//! 3. `upstream_request_filter`: hop-by-hop fields out ([`crate::hop_by_hop`]), forwarding
+//! 3. `upstream_request_filter`: hop-by-hop fields out ([`postern_sdk::hop_by_hop`]), forwarding
 //!    headers in; the caller's API key never leaves.
 //! 4. `response_filter`: hop-by-hop fields out; the request id goes back to the caller.
 //! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
@@ -29,7 +29,8 @@ use crate::connector::{TunnelConnector, UpgradeGate};
 use crate::header_deadline::HeaderDeadlineStream;
 use crate::problem::Problem;
 use crate::state::GatewayState;
-use crate::{acl, auth, hop_by_hop, route};
+use crate::{acl, auth, route};
+use postern_sdk::hop_by_hop;
 
 /// Everything known about one request, filled in phase by phase.
 #[derive(Debug, Default)]

@@ -337,10 +337,12 @@ async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Bo
             req.headers_mut().insert(header::HOST, h);
         }
     }
-    let upgrade = req
-        .headers()
-        .contains_key(header::UPGRADE)
-        .then(|| hyper::upgrade::on(&mut req));
+    // The agent is a proxy too: fields about the tunnel's hop (say, the gateway's
+    // `Connection: close`) must not reach the local service, or they would close the pooled
+    // connection to it.
+    let upgrading = req.headers().contains_key(header::UPGRADE);
+    crate::hop_by_hop::strip(req.headers_mut(), upgrading);
+    let upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let mut resp =
         match tokio::time::timeout(fwd.opts.response_header_timeout, fwd.client.request(req)).await
         {
@@ -351,7 +353,9 @@ async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Bo
             }
             Err(_) => return problem(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
         };
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    crate::hop_by_hop::strip(resp.headers_mut(), switching);
+    if switching {
         if let Some(downstream) = upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             tokio::spawn(async move {

@@ -13,6 +13,7 @@ pub mod e2ee;
 pub mod expose;
 pub mod frame;
 pub mod grant;
+pub mod hop_by_hop;
 pub mod identity;
 pub mod lease_name;
 pub mod listener;

@@ -26,6 +26,41 @@ async fn request_through_relay_reaches_exposed_service_with_keep_alive() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_drops_hop_by_hop_fields_both_ways() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("svc", origin).await;
+    let dialer = net.dialer();
+    let stream = dialer.dial(&target("svc", &owner)).await.unwrap();
+    let mut client = http1_client(stream).await;
+
+    // The agent is a proxy between the tunnel and the local service (RFC 9110 §7.6.1).
+    let mut req = get("/headers");
+    let h = req.headers_mut();
+    h.insert(
+        http::header::CONNECTION,
+        "keep-alive, X-Tunnel-Hop".parse().unwrap(),
+    );
+    h.insert("x-tunnel-hop", "1".parse().unwrap());
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("x-tunnel-kept", "1".parse().unwrap());
+    let resp = send(&mut client, req).await;
+    assert_eq!(resp.status(), 200);
+    let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    let seen: Vec<&str> = seen.lines().collect();
+    for gone in ["connection", "x-tunnel-hop", "keep-alive"] {
+        assert!(!seen.contains(&gone), "{gone} reached the origin: {seen:?}");
+    }
+    assert!(seen.contains(&"x-tunnel-kept"), "{seen:?}");
+
+    let resp = send(&mut client, get("/hop")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().contains_key("x-origin-kept"));
+    assert!(!resp.headers().contains_key("x-origin-hop"));
+    assert!(!resp.headers().contains_key("keep-alive"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expose_speaks_http2_to_a_dialer_that_does() {
     let net = TestNet::start().await;
     let origin = spawn_origin().await;

@@ -1,5 +1,6 @@
 //! Hop-by-hop header fields (RFC 9110 §7.6.1): they describe one connection, so a proxy
-//! removes them before forwarding, in both directions.
+//! removes them before forwarding, in both directions. Postern has two proxies on the path, the
+//! gateway (caller → tunnel) and the agent in `expose` (tunnel → local service); both use this.
 //!
 //! Removed: every field named in `Connection`, and `Connection`, `Keep-Alive`,
 //! `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`. Kept on purpose: `Transfer-Encoding`, which
@@ -44,6 +45,13 @@ pub fn fields(headers: &HeaderMap, upgrading: bool) -> Vec<HeaderName> {
         add(UPGRADE);
     }
     out
+}
+
+/// Removes the hop-by-hop fields from `headers` (see [`fields`]).
+pub fn strip(headers: &mut HeaderMap, upgrading: bool) {
+    for name in fields(headers, upgrading) {
+        headers.remove(&name);
+    }
 }
 
 #[cfg(test)]
@@ -102,6 +110,19 @@ mod tests {
             ("x-secret", "1"),
         ]);
         assert_eq!(names(fields(&h, true)), ["x-secret"]);
+    }
+
+    #[test]
+    fn strip_removes_every_field_named() {
+        let mut h = map(&[
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "1"),
+        ]);
+        strip(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
     }
 
     #[test]
