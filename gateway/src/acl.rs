@@ -5,7 +5,8 @@
 //!    list must contain the client;
 //! 2. the key's own IP lists, in the same way (deny wins, a non-empty allow must match);
 //! 3. the key's lease globs (`*` matches any run of characters);
-//! 4. the key's scopes: `read` permits `GET`, `HEAD` and `OPTIONS`; `write` permits every method.
+//! 4. the key's scopes: `read` permits `GET`, `HEAD` and `OPTIONS`; `write` permits every method
+//!    and protocol upgrades (a WebSocket opened with a `GET` carries data both ways).
 //!
 //! Every refusal here is a 403; this module never decides 401 or 404. IPv4-mapped IPv6
 //! addresses (`::ffff:a.b.c.d`, from dual-stack listeners) are compared as IPv4.
@@ -30,11 +31,31 @@ pub enum Denied {
     Ip,
 }
 
+/// What a request does to a lease, as far as scopes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `GET`, `HEAD` or `OPTIONS`, not upgraded.
+    Read,
+    /// Any other method, or a protocol upgrade.
+    Write,
+}
+
+impl Access {
+    pub fn of(method: &Method, upgrade: bool) -> Self {
+        let reading = [Method::GET, Method::HEAD, Method::OPTIONS].contains(method);
+        if reading && !upgrade {
+            Access::Read
+        } else {
+            Access::Write
+        }
+    }
+}
+
 /// Checks a verified key against a request.
 pub fn authorize(
     key: &ApiKey,
     lease: &str,
-    method: &Method,
+    access: Access,
     client_ip: IpAddr,
     global: &IpPolicy,
 ) -> Result<(), Denied> {
@@ -44,7 +65,7 @@ pub fn authorize(
     if !key.leases.iter().any(|glob| pattern_matches(glob, lease)) {
         return Err(Denied::Lease);
     }
-    if !key.scopes.iter().any(|scope| scope_allows(*scope, method)) {
+    if !key.scopes.iter().any(|scope| scope_allows(*scope, access)) {
         return Err(Denied::Scope);
     }
     Ok(())
@@ -61,10 +82,10 @@ fn lists_allow(allow: &[IpNet], deny: &[IpNet], ip: IpAddr) -> bool {
     !hit(deny) && (allow.is_empty() || hit(allow))
 }
 
-fn scope_allows(scope: Scope, method: &Method) -> bool {
+fn scope_allows(scope: Scope, access: Access) -> bool {
     match scope {
         Scope::Write => true,
-        Scope::Read => [Method::GET, Method::HEAD, Method::OPTIONS].contains(method),
+        Scope::Read => access == Access::Read,
     }
 }
 
@@ -101,14 +122,28 @@ mod tests {
     #[test]
     fn lease_globs_decide_which_leases_a_key_reaches() {
         let k = key(&["team-*", "exact"], &[Scope::Write]);
-        let at = |lease| authorize(&k, lease, &Method::POST, ip("10.0.0.1"), &ANY);
+        let at = |lease| {
+            authorize(
+                &k,
+                lease,
+                Access::of(&Method::POST, false),
+                ip("10.0.0.1"),
+                &ANY,
+            )
+        };
         assert_eq!(at("team-a"), Ok(()));
         assert_eq!(at("exact"), Ok(()));
         assert_eq!(at("exactly"), Err(Denied::Lease));
         assert_eq!(at("other"), Err(Denied::Lease));
         let all = key(&["*"], &[Scope::Write]);
         assert_eq!(
-            authorize(&all, "caf\u{e9}", &Method::GET, ip("::1"), &ANY),
+            authorize(
+                &all,
+                "caf\u{e9}",
+                Access::of(&Method::GET, false),
+                ip("::1"),
+                &ANY
+            ),
             Ok(())
         );
     }
@@ -126,15 +161,32 @@ mod tests {
             (Method::PATCH, false),
             (Method::from_bytes(b"PROPFIND").unwrap(), false),
         ] {
-            let got = authorize(&k, "a", &method, ip("10.0.0.1"), &ANY);
+            let got = authorize(&k, "a", Access::of(&method, false), ip("10.0.0.1"), &ANY);
             assert_eq!(got.is_ok(), ok, "{method}");
             if !ok {
                 assert_eq!(got, Err(Denied::Scope));
             }
         }
+        // An upgrade (WebSocket) writes to the lease even though it starts as a GET.
+        assert_eq!(
+            authorize(
+                &k,
+                "a",
+                Access::of(&Method::GET, true),
+                ip("10.0.0.1"),
+                &ANY
+            ),
+            Err(Denied::Scope)
+        );
         let both = key(&["*"], &[Scope::Read, Scope::Write]);
         assert_eq!(
-            authorize(&both, "a", &Method::DELETE, ip("10.0.0.1"), &ANY),
+            authorize(
+                &both,
+                "a",
+                Access::of(&Method::DELETE, false),
+                ip("10.0.0.1"),
+                &ANY
+            ),
             Ok(())
         );
     }
@@ -148,7 +200,7 @@ mod tests {
         let mut k = key(&["*"], &[Scope::Write]);
         k.allow_ips = nets(&["10.9.0.0/16", "10.1.0.0/16"]);
         k.deny_ips = nets(&["10.1.2.0/24"]);
-        let from = |addr| authorize(&k, "a", &Method::GET, ip(addr), &global);
+        let from = |addr| authorize(&k, "a", Access::of(&Method::GET, false), ip(addr), &global);
         assert_eq!(
             from("10.9.0.1"),
             Err(Denied::Ip),
@@ -174,7 +226,13 @@ mod tests {
         let mut k = key(&["a"], &[Scope::Read]);
         k.deny_ips = nets(&["0.0.0.0/0"]);
         assert_eq!(
-            authorize(&k, "b", &Method::POST, ip("192.0.2.1"), &ANY),
+            authorize(
+                &k,
+                "b",
+                Access::of(&Method::POST, false),
+                ip("192.0.2.1"),
+                &ANY
+            ),
             Err(Denied::Ip)
         );
     }

@@ -114,14 +114,26 @@ pub fn generate(id_len: usize) -> Result<(String, String, String), argon2::passw
 /// Removes the gateway credential so the origin never sees it; other `Authorization` stays.
 pub fn strip_credentials(headers: &mut HeaderMap) {
     headers.remove("x-api-key");
-    let ours = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .is_some_and(|(s, t)| s.eq_ignore_ascii_case("bearer") && t.trim().starts_with(PREFIX));
-    if ours {
+    if authorization_is_ours(headers) {
         headers.remove(http::header::AUTHORIZATION);
     }
+}
+
+/// Whether any `Authorization` field carries a Postern API key (`Bearer pst_…`, parsed as
+/// [`KeyStore::extract`] parses it), so that it must not be forwarded.
+pub fn authorization_is_ours(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .any(|v| v.to_str().ok().and_then(bearer_key).is_some())
+}
+
+/// The token of an `Authorization: Bearer pst_…` value: the scheme case-insensitive, spaces
+/// or tabs around and between the two.
+fn bearer_key(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once([' ', '\t'])?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(PREFIX)).then_some(token)
 }
 
 /// Splits `pst_<id>_<secret>` and checks both alphabets and lengths; no secret comparison.
@@ -225,11 +237,7 @@ impl KeyStore {
                 (Some(_), Some(_)) => Err(AuthError::Malformed),
             }
         };
-        let bearer = single(http::header::AUTHORIZATION.as_str())?.and_then(|value| {
-            let (scheme, token) = value.split_once(' ')?;
-            let token = token.trim();
-            (scheme.eq_ignore_ascii_case("bearer") && token.starts_with(PREFIX)).then_some(token)
-        });
+        let bearer = single(http::header::AUTHORIZATION.as_str())?.and_then(bearer_key);
         match (bearer, single("x-api-key")?) {
             (Some(a), Some(b)) if a != b => Err(AuthError::ConflictingHeaders),
             (a, b) => Ok(a.or(b)),
@@ -564,6 +572,16 @@ mod tests {
         map.insert("authorization", HeaderValue::from_static("Bearer pst_x"));
         strip_credentials(&mut map);
         assert!(map.is_empty());
+        for spaced in [
+            "Bearer  pst_abcd1234_x",
+            "bearer\tpst_abcd1234_x",
+            " Bearer pst_a_b ",
+        ] {
+            map.insert("authorization", HeaderValue::from_str(spaced).unwrap());
+            assert!(authorization_is_ours(&map), "{spaced:?}");
+            strip_credentials(&mut map);
+            assert!(map.is_empty(), "{spaced:?}");
+        }
         map.insert("authorization", HeaderValue::from_static("Bearer origin"));
         strip_credentials(&mut map);
         assert_eq!(map.len(), 1);

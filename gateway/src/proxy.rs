@@ -182,17 +182,22 @@ impl ProxyHttp for GatewayProxy {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let routed = match route::route(
+        let Ok(routed) = route::route(
             &path_and_query,
             host.as_deref(),
             state.config.base_domain.as_deref(),
-        ) {
-            Ok(r) if state.leases.contains_key(&r.lease) => r,
-            _ => return respond(session, ctx, Problem::NotFound).await,
+        ) else {
+            return respond(session, ctx, Problem::NotFound).await;
         };
-        let method = session.req_header().method.clone();
-        if acl::authorize(&key, &routed.lease, &method, ip, &state.config.ip).is_err() {
+        // The key's own rules before the lease table: a key for some leases learns nothing
+        // about which other leases exist (403 for every name outside its globs).
+        let header = session.req_header();
+        let access = acl::Access::of(&header.method, session.is_upgrade_req());
+        if acl::authorize(&key, &routed.lease, access, ip, &state.config.ip).is_err() {
             return respond(session, ctx, Problem::Forbidden).await;
+        }
+        if !state.leases.contains_key(&routed.lease) {
+            return respond(session, ctx, Problem::NotFound).await;
         }
         let too_big = session
             .req_header()
@@ -218,7 +223,7 @@ impl ProxyHttp for GatewayProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Self::CTX,
@@ -229,7 +234,9 @@ impl ProxyHttp for GatewayProxy {
                 gate.open();
             }
         }
-        if let Some(chunk) = body {
+        // After a protocol upgrade these are WebSocket bytes, bounded by idle time rather than
+        // by the request body limit (Pingora passes them through this filter too).
+        if let Some(chunk) = body.as_ref().filter(|_| !session.was_upgraded()) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > self.state.config.limits.max_request_body_bytes {
                 return Err(Error::explain(
@@ -297,18 +304,10 @@ impl ProxyHttp for GatewayProxy {
         for name in hop_by_hop::fields(&upstream.headers, session.is_upgrade_req()) {
             upstream.remove_header(&name);
         }
-        // The caller's credentials are for the gateway only.
+        // The caller's credentials are for the gateway only: whatever `extract` would read as
+        // a key does not go on.
         upstream.remove_header("x-api-key");
-        let bearer = upstream
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("bearer pst_")
-            });
-        if bearer {
+        if auth::authorization_is_ours(&upstream.headers) {
             upstream.remove_header("authorization");
         }
         if let Some(ip) = ctx.client_ip {

@@ -385,3 +385,44 @@ async fn hop_by_hop_fields_stop_at_the_gateway() {
     assert!(!resp.headers().contains_key("x-origin-hop"));
     assert!(!resp.headers().contains_key("keep-alive"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_never_reaches_the_origin_however_it_is_spaced() {
+    let (_net, gw) = TestGateway::for_web_origin("").await;
+    let mut c = gw.h1().await;
+    for value in [
+        format!("Bearer {}", gw.api_key),
+        format!("Bearer  {}", gw.api_key),
+        format!("bearer\t{}", gw.api_key),
+        format!("BEARER {} ", gw.api_key),
+    ] {
+        let req = http::Request::get("/peer/web/headers")
+            .header("host", "localhost")
+            .header("authorization", &value)
+            .body(empty())
+            .unwrap();
+        let resp = send(&mut c, req).await;
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "{value:?} did not authenticate"
+        );
+        let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+        assert!(
+            !seen.lines().any(|l| l == "authorization"),
+            "{value:?} was forwarded to the origin"
+        );
+    }
+    // The origin's own credential, next to ours in x-api-key, does go on.
+    let req = http::Request::get("/peer/web/headers")
+        .header("host", "localhost")
+        .header("x-api-key", &gw.api_key)
+        .header("authorization", "Bearer origin-token")
+        .body(empty())
+        .unwrap();
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    assert!(seen.lines().any(|l| l == "authorization"), "{seen}");
+    assert!(!seen.lines().any(|l| l == "x-api-key"), "{seen}");
+}

@@ -189,3 +189,50 @@ async fn websocket_echo_round_trips_text_and_binary_over_repeated_upgrades() {
         w.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_needs_a_write_scope_and_is_not_bound_by_the_body_limit() {
+    let net = TestNet::start().await;
+    let (_tx, rx) = mpsc::channel(1);
+    let origin = streaming_origin(Arc::new(Mutex::new(rx))).await;
+    let owner = net.expose("ws", origin).await;
+    let (reader, reader_key) =
+        postern_tests::gateway::api_key_toml("r", "\"*\"", "scopes = [\"read\"]");
+    let gw = TestGateway::start(
+        &net,
+        &[("ws", &owner)],
+        &format!("[limits]\nmax_request_body_bytes = 1024\n\n{reader}"),
+    )
+    .await;
+    let url = format!("ws://localhost:{}/peer/ws/ws", gw.http.port());
+
+    // A read-only key may GET, but an upgrade carries data both ways: 403.
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {reader_key}").parse().unwrap(),
+    );
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 403)
+        }
+        other => panic!("a read-only key opened a WebSocket: {other:?}"),
+    }
+
+    // A write key's WebSocket carries far more than the 1 KiB request body limit.
+    let tcp = tokio::net::TcpStream::connect(gw.http).await.unwrap();
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", gw.api_key).parse().unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..16u8 {
+        let payload = vec![i; 4096];
+        ws.send(Message::binary(payload.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(payload));
+    }
+    ws.close(None).await.unwrap();
+}
