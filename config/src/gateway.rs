@@ -153,6 +153,12 @@ pub struct GatewayLimits {
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
     pub key_cache_max_entries: usize,
+    /// How long a request may wait for another request's argon2 check of the same key id
+    /// before it is answered 503.
+    #[serde(with = "humantime_serde")]
+    pub key_verify_timeout: Duration,
+    /// Failed key attempts per client IP (IPv6: per /64) per minute, then 429. A key's first
+    /// use (an argon2 run, once per `key_cache_ttl`) spends one too.
     pub failed_auth_per_ip_per_minute: u32,
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
@@ -185,6 +191,7 @@ impl Default for GatewayLimits {
             max_header_bytes: 64 * 1024,
             key_cache_ttl: Duration::from_secs(300),
             key_cache_max_entries: 10_000,
+            key_verify_timeout: Duration::from_secs(5),
             failed_auth_per_ip_per_minute: 30,
             upstream_connect_timeout: Duration::from_secs(10),
             upstream_idle_timeout: Duration::from_secs(60),
@@ -365,6 +372,7 @@ impl GatewayLimits {
             at,
             &[
                 ("key_cache_ttl", self.key_cache_ttl),
+                ("key_verify_timeout", self.key_verify_timeout),
                 ("upstream_connect_timeout", self.upstream_connect_timeout),
                 ("upstream_idle_timeout", self.upstream_idle_timeout),
                 ("request_header_timeout", self.request_header_timeout),

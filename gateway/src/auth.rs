@@ -11,7 +11,12 @@
 //! * concurrent first uses of one id wait for a single argon2 run (at most once per key per
 //!   cache lifetime);
 //! * failed attempts are limited per client IP (IPv6 per /64) with a GCRA quota; past it the
-//!   caller answers 429 without trying the key.
+//!   caller answers 429 without trying the key. An attempt that needs argon2 spends its unit of
+//!   the quota *before* argon2 runs, taken atomically by the limiter: a burst of concurrent
+//!   guesses cannot all pass the check first and be counted afterwards;
+//! * a request waits at most `limits.key_verify_timeout` for another request's argon2 run of
+//!   the same key id, then answers 503: a queue of guesses at one id cannot hold legitimate
+//!   callers of that key indefinitely.
 //!
 //! The secret is never logged: [`KeyStore`] has a hand-written `Debug`, and errors name no key.
 
@@ -73,18 +78,21 @@ pub enum AuthError {
     WrongSecret,
     #[error("too many failed attempts from this address")]
     TooManyFailures { retry_after: Duration },
+    #[error("key verification is busy; try again")]
+    Busy,
     #[error("key verification failed internally")]
     Internal,
 }
 
 impl AuthError {
-    /// The response: 401 for every key problem, 429 when rate limited.
+    /// The response: 401 for every key problem, 429 when rate limited, 503 when the gateway
+    /// could not decide (not the caller's fault, and not counted against it).
     pub fn problem(&self) -> Problem {
         match self {
             Self::TooManyFailures { retry_after } => Problem::TooManyRequests {
                 retry_after_secs: retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0),
             },
-            Self::Internal => Problem::ServiceUnavailable,
+            Self::Internal | Self::Busy => Problem::ServiceUnavailable,
             _ => Problem::Unauthorized,
         }
     }
@@ -165,6 +173,8 @@ pub struct KeyStore {
     keys: HashMap<String, StoredKey>,
     cache: Mutex<HashMap<String, CacheEntry>>,
     cache_ttl: Duration,
+    /// Longest wait for another request's argon2 run of the same key id.
+    verify_timeout: Duration,
     cache_max: usize,
     argon2_verifications: AtomicU64,
     failures: DefaultKeyedRateLimiter<IpAddr>,
@@ -213,6 +223,7 @@ impl KeyStore {
             keys,
             cache: Mutex::new(HashMap::new()),
             cache_ttl: limits.key_cache_ttl,
+            verify_timeout: limits.key_verify_timeout,
             cache_max: limits.key_cache_max_entries.max(1),
             argon2_verifications: AtomicU64::new(0),
             failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
@@ -249,21 +260,42 @@ impl KeyStore {
         self.argon2_verifications.load(Ordering::Relaxed)
     }
 
-    /// Checks a presented key; `now_unix` decides expiry.
-    pub async fn verify(&self, presented: &str, now_unix: u64) -> Result<Arc<ApiKey>, AuthError> {
-        let id = parse_key(presented).ok_or(AuthError::Malformed)?;
-        let stored = self.keys.get(id).ok_or(AuthError::UnknownKey)?;
+    /// Checks a key presented by a client at `ip`; `now_unix` decides expiry.
+    ///
+    /// Every failure counts against `ip`'s quota (see the module docs); a client over it gets
+    /// [`AuthError::TooManyFailures`] without its key being looked at.
+    pub async fn verify(
+        &self,
+        presented: &str,
+        now_unix: u64,
+        ip: IpAddr,
+    ) -> Result<Arc<ApiKey>, AuthError> {
+        self.check_ip_allowed_to_try(ip)?;
+        let refuse = |e: AuthError| {
+            self.record_failure(ip);
+            Err(e)
+        };
+        let Some(id) = parse_key(presented) else {
+            return refuse(AuthError::Malformed);
+        };
+        let Some(stored) = self.keys.get(id) else {
+            return refuse(AuthError::UnknownKey);
+        };
         if stored.key.expires_at.is_some_and(|at| now_unix >= at) {
-            return Err(AuthError::Expired);
+            return refuse(AuthError::Expired);
         }
         let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         if self.cached(id, &digest) {
             return Ok(stored.key.clone());
         }
-        let _one_run = stored.verifying.lock().await;
+        let _one_run = tokio::time::timeout(self.verify_timeout, stored.verifying.lock())
+            .await
+            .map_err(|_| AuthError::Busy)?;
         if self.cached(id, &digest) {
             return Ok(stored.key.clone());
         }
+        // The attempt is paid for before argon2 runs; a wrong secret is then already counted.
+        self.charge(ip)?;
         self.argon2_verifications.fetch_add(1, Ordering::Relaxed);
         let (phc, candidate) = (stored.phc.clone(), presented.to_owned());
         let verified = tokio::task::spawn_blocking(move || {
@@ -328,22 +360,32 @@ impl KeyStore {
 
     /// Counts a failed attempt from `ip`; past the quota, `ip` is blocked until a cell frees up.
     pub fn record_failure(&self, ip: IpAddr) {
+        let _ = self.charge(ip);
+    }
+
+    /// Spends one attempt of `ip`'s quota, atomically; `Err` (and `ip` blocked) when none is
+    /// left. The limiter is the authority: the blocked list only answers early, so when it is
+    /// full (a very wide attack) clients missing from it are still refused here.
+    fn charge(&self, ip: IpAddr) -> Result<(), AuthError> {
         let bucket = client_bucket(ip);
-        if let Err(not_until) = self.failures.check_key(&bucket) {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(self.failures.clock()));
+        let charged = self.failures.check_key(&bucket).map_err(|not_until| {
+            let retry_after =
+                not_until.wait_time_from(governor::clock::Clock::now(self.failures.clock()));
             let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
             if blocked.len() >= MAX_BLOCKED_IPS {
                 let now = Instant::now();
                 blocked.retain(|_, until| *until > now);
             }
             if blocked.len() < MAX_BLOCKED_IPS {
-                blocked.insert(bucket, Instant::now() + wait);
+                blocked.insert(bucket, Instant::now() + retry_after);
             }
-        }
+            AuthError::TooManyFailures { retry_after }
+        });
         if self.failures_seen.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 {
             self.failures.retain_recent();
             self.failures.shrink_to_fit();
         }
+        charged
     }
 }
 
@@ -367,6 +409,8 @@ mod tests {
     use rand::distributions::{Alphanumeric, DistString};
 
     use super::*;
+
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     /// One generated key, shared: each argon2 hash costs real time.
     fn sample() -> &'static (String, String, String) {
@@ -411,11 +455,14 @@ mod tests {
     async fn generated_key_verifies_and_wrong_secret_fails() {
         let (key, id, _) = sample();
         let store = store();
-        assert_eq!(store.verify(key, 0).await.unwrap().id, *id);
+        assert_eq!(store.verify(key, 0, LOOPBACK).await.unwrap().id, *id);
         let mut wrong = key.clone();
         let last = if wrong.ends_with('A') { "B" } else { "A" };
         wrong.replace_range(wrong.len() - 1.., last);
-        assert_eq!(store.verify(&wrong, 0).await, Err(AuthError::WrongSecret));
+        assert_eq!(
+            store.verify(&wrong, 0, LOOPBACK).await,
+            Err(AuthError::WrongSecret)
+        );
         assert_eq!(store.argon2_verifications(), 2);
     }
 
@@ -426,13 +473,13 @@ mod tests {
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let (store, key) = (store.clone(), key.clone());
-                tokio::spawn(async move { store.verify(&key, 0).await })
+                tokio::spawn(async move { store.verify(&key, 0, LOOPBACK).await })
             })
             .collect();
         for task in tasks {
             task.await.unwrap().unwrap();
         }
-        store.verify(key, 0).await.unwrap();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
         assert_eq!(store.argon2_verifications(), 1);
     }
 
@@ -444,9 +491,9 @@ mod tests {
         };
         let store = store_with(short, None);
         let key = &sample().0;
-        store.verify(key, 0).await.unwrap();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
         std::thread::sleep(Duration::from_millis(5));
-        store.verify(key, 0).await.unwrap();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
         assert_eq!(store.argon2_verifications(), 2);
 
         let (_, id, phc) = sample();
@@ -455,16 +502,20 @@ mod tests {
             ..GatewayLimits::default()
         };
         let store = KeyStore::new(&[config(id, phc), config("otherkey1", phc)], &one);
-        store.verify(key, 0).await.unwrap();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
         store.remember("otherkey1", [0; 32]);
         assert_eq!(store.cache.lock().unwrap().len(), 1);
-        store.verify(key, 0).await.unwrap();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
         assert_eq!(store.argon2_verifications(), 2);
     }
 
     #[tokio::test]
     async fn ten_thousand_bad_keys_cost_no_argon2() {
-        let store = store();
+        let unlimited = GatewayLimits {
+            failed_auth_per_ip_per_minute: u32::MAX,
+            ..GatewayLimits::default()
+        };
+        let store = store_with(unlimited, None);
         let (_, id, _) = sample();
         let mut rng = rand::thread_rng();
         for i in 0..10_000 {
@@ -479,18 +530,86 @@ mod tests {
                 2 => format!("pst_{id}_{}", &secret[..rng.gen_range(0..32)]),
                 _ => format!("pst_{id}_{secret}!"),
             };
-            assert!(store.verify(&presented, 0).await.is_err(), "{presented}");
+            let refused = store.verify(&presented, 0, LOOPBACK).await.unwrap_err();
+            assert_ne!(
+                refused.problem(),
+                Problem::ServiceUnavailable,
+                "{presented}"
+            );
+            assert!(!matches!(refused, AuthError::TooManyFailures { .. }));
         }
         assert_eq!(store.argon2_verifications(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_guesses_cannot_outrun_the_failure_quota() {
+        let limits = GatewayLimits {
+            failed_auth_per_ip_per_minute: 3,
+            ..GatewayLimits::default()
+        };
+        let store = Arc::new(store_with(limits, None));
+        let mut wrong = sample().0.clone();
+        let last = if wrong.ends_with('A') { "B" } else { "A" };
+        wrong.replace_range(wrong.len() - 1.., last);
+        // All of them pass the early check before any argon2 run has finished.
+        let guesses: Vec<_> = (0..16)
+            .map(|_| {
+                let (store, wrong) = (store.clone(), wrong.clone());
+                tokio::spawn(async move { store.verify(&wrong, 0, LOOPBACK).await })
+            })
+            .collect();
+        let mut limited = 0;
+        for guess in guesses {
+            match guess.await.unwrap() {
+                Err(AuthError::WrongSecret) => {}
+                Err(AuthError::TooManyFailures { .. }) => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(
+            store.argon2_verifications(),
+            3,
+            "one argon2 run per unit of quota"
+        );
+        assert_eq!(limited, 13);
+        // The right key from that client now waits too.
+        assert!(matches!(
+            store.verify(&sample().0, 0, LOOPBACK).await,
+            Err(AuthError::TooManyFailures { .. })
+        ));
+        // Another client is not affected.
+        let other: IpAddr = "192.0.2.7".parse().unwrap();
+        assert!(store.verify(&sample().0, 0, other).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_queue_behind_one_key_is_answered_busy_not_held() {
+        let limits = GatewayLimits {
+            key_verify_timeout: Duration::from_millis(20),
+            ..GatewayLimits::default()
+        };
+        let store = store_with(limits, None);
+        let (key, id, _) = sample();
+        let held = store.keys[id.as_str()].verifying.lock().await;
+        let got = store.verify(key, 0, LOOPBACK).await;
+        assert_eq!(got, Err(AuthError::Busy));
+        assert_eq!(AuthError::Busy.problem(), Problem::ServiceUnavailable);
+        assert_eq!(AuthError::Internal.problem(), Problem::ServiceUnavailable);
+        drop(held);
+        assert!(store.verify(key, 0, LOOPBACK).await.is_ok());
+        assert_eq!(store.argon2_verifications(), 1);
     }
 
     #[tokio::test]
     async fn expired_key_is_refused_without_argon2() {
         let store = store_with(GatewayLimits::default(), Some(1_000));
         let key = &sample().0;
-        assert_eq!(store.verify(key, 1_000).await, Err(AuthError::Expired));
+        assert_eq!(
+            store.verify(key, 1_000, LOOPBACK).await,
+            Err(AuthError::Expired)
+        );
         assert_eq!(store.argon2_verifications(), 0);
-        assert!(store.verify(key, 999).await.is_ok());
+        assert!(store.verify(key, 999, LOOPBACK).await.is_ok());
     }
 
     #[test]

@@ -151,22 +151,16 @@ impl ProxyHttp for GatewayProxy {
 
         // Authenticate before anything about leases is revealed.
         if let Err(e) = state.keys.check_ip_allowed_to_try(ip) {
-            return respond(session, ctx, auth_problem(&e)).await;
+            return respond(session, ctx, e.problem()).await;
         }
         let presented = match auth::KeyStore::extract(&session.req_header().headers) {
             Ok(Some(key)) => key.to_owned(),
             Ok(None) | Err(_) => return respond(session, ctx, Problem::Unauthorized).await,
         };
-        let key = match state
-            .keys
-            .verify(&presented, postern_sdk::grant::unix_now())
-            .await
-        {
+        let now = postern_sdk::grant::unix_now();
+        let key = match state.keys.verify(&presented, now, ip).await {
             Ok(key) => key,
-            Err(e) => {
-                state.keys.record_failure(ip);
-                return respond(session, ctx, auth_problem(&e)).await;
-            }
+            Err(e) => return respond(session, ctx, e.problem()).await,
         };
         ctx.key_id = Some(key.id.clone());
 
@@ -397,7 +391,11 @@ impl ProxyHttp for GatewayProxy {
         // allowance plus the header time.
         if let Some(stream) = session.stream().and_then(HeaderDeadlineStream::of) {
             let limits = &self.state.config.limits;
-            stream.arm(limits.keepalive_timeout + limits.request_header_timeout);
+            stream.arm(
+                limits
+                    .keepalive_timeout
+                    .saturating_add(limits.request_header_timeout),
+            );
         }
         let status = session
             .response_written()
@@ -428,14 +426,5 @@ impl GatewayProxy {
             while let Ok(Some(_)) = session.read_request_body().await {}
         })
         .await;
-    }
-}
-
-fn auth_problem(e: &auth::AuthError) -> Problem {
-    match e {
-        auth::AuthError::TooManyFailures { retry_after } => Problem::TooManyRequests {
-            retry_after_secs: retry_after.as_secs().max(1),
-        },
-        _ => Problem::Unauthorized,
     }
 }

@@ -52,7 +52,14 @@ impl GatewayState {
                 .map_err(|e| GatewayError::Config(format!("lease[{i}].owner_identity: {e}")))?;
             let mut target = LeaseTarget::new(name.clone(), owner);
             target.alpn = lease.alpn.clone();
-            leases.insert(name, target);
+            // The config checks names as written; two spellings of one name (NFC and NFD)
+            // are the same lease and would silently shadow each other here.
+            if leases.insert(name, target).is_some() {
+                return Err(GatewayError::Config(format!(
+                    "lease[{i}].name: the same lease name as an earlier [[lease]] \
+                     (compared after Unicode NFC normalization)"
+                )));
+            }
         }
         let keys = KeyStore::new(&config.api_keys, &config.limits);
         let mut dcfg = DialerConfig::new(relays[0].clone(), identity, grants);

@@ -556,3 +556,49 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_keys_from_one_client_turn_into_429_with_retry_after() {
+    let (_net, gw) =
+        TestGateway::for_web_origin("[limits]\nfailed_auth_per_ip_per_minute = 3\n").await;
+    let mut wrong = gw.api_key.clone();
+    let last = if wrong.ends_with('A') { "B" } else { "A" };
+    wrong.replace_range(wrong.len() - 1.., last);
+    let mut c = gw.plain().await;
+    for _ in 0..3 {
+        let resp = send(
+            &mut c,
+            authed(Method::GET, "/peer/web/hello", &wrong, empty()),
+        )
+        .await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        let _ = body_bytes(resp).await;
+    }
+    // Over the quota: not even the right key is tried from this address for a while.
+    for key in [&wrong, &gw.api_key] {
+        let resp = send(&mut c, authed(Method::GET, "/peer/web/hello", key, empty())).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = resp.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=20).contains(&retry), "retry-after {retry}");
+        let _ = body_bytes(resp).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_spellings_of_one_lease_name_are_a_config_error() {
+    let net = TestNet::start().await;
+    let owner = postern_sdk::Identity::generate();
+    // "café" precomposed (NFC) and decomposed (NFD): one lease after normalization.
+    let files = GatewayFiles::new(&net, &[("caf\u{e9}", &owner), ("cafe\u{301}", &owner)], "");
+    let config = postern_config::parse_gateway(&files.toml, "test").unwrap();
+    let err = postern_gateway::state::GatewayState::load(config).unwrap_err();
+    let err = err.to_string();
+    assert!(
+        err.contains("lease[1].name") && err.contains("NFC"),
+        "{err}"
+    );
+}
