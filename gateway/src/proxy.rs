@@ -3,8 +3,9 @@
 //!
 //! 0. `early_request_filter`: the head is complete, the slowloris deadline is lifted
 //!    ([`crate::header_deadline`]); `logging` sets it again for the next request.
-//! 1. `request_filter`: request id → health endpoints → client IP policy → authenticate (API
-//!    key) → route (which lease) → authorize (lease ACL, scope, per-key IPs) → body limit.
+//! 1. `request_filter`: request id → client IP policy → health endpoints (not on lease hosts)
+//!    → authenticate (API key) → route (which lease) → authorize (lease ACL, scope, per-key
+//!    IPs) → lease exists → body limit → `Host` kept for the origin.
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
 //! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
 //!    E2EE session.
@@ -127,26 +128,36 @@ impl ProxyHttp for GatewayProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        match session.req_header().uri.path() {
-            "/healthz" => return plain(session, 200, "ok\n").await,
-            "/readyz" => {
-                return match tokio::time::timeout(
-                    Duration::from_secs(5),
-                    state.dialer.check_relay(),
-                )
-                .await
-                {
-                    Ok(Ok(())) => plain(session, 200, "ready\n").await,
-                    _ => respond(session, ctx, Problem::ServiceUnavailable).await,
-                };
-            }
-            _ => {}
-        }
         let Some(ip) = ctx.client_ip else {
             return respond(session, ctx, Problem::Forbidden).await;
         };
         if !acl::ip_allowed(&state.config.ip, ip) {
             return respond(session, ctx, Problem::Forbidden).await;
+        }
+        let header = session.req_header();
+        let host = header
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| header.uri.authority().map(|a| a.as_str()))
+            .map(str::to_owned);
+        let base_domain = state.config.base_domain.as_deref();
+        // The gateway's own health endpoints, on its own names only: on a lease host the whole
+        // path belongs to the origin (its `/healthz` included).
+        if !route::is_lease_host(host.as_deref(), base_domain) {
+            match header.uri.path() {
+                "/healthz" => return plain(session, 200, "ok\n").await,
+                "/readyz" => {
+                    // One relay connection attempt at a time (the dialer serializes them).
+                    let ready =
+                        tokio::time::timeout(Duration::from_secs(5), state.dialer.check_relay());
+                    return match ready.await {
+                        Ok(Ok(())) => plain(session, 200, "ready\n").await,
+                        _ => respond(session, ctx, Problem::ServiceUnavailable).await,
+                    };
+                }
+                _ => {}
+            }
         }
 
         // Authenticate before anything about leases is revealed.
@@ -165,27 +176,16 @@ impl ProxyHttp for GatewayProxy {
         ctx.key_id = Some(key.id.clone());
 
         let header = session.req_header();
-        let host = header
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| header.uri.authority().map(|a| a.as_str()))
-            .map(str::to_owned);
         let path_and_query = header
             .uri
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".to_owned());
-        let Ok(routed) = route::route(
-            &path_and_query,
-            host.as_deref(),
-            state.config.base_domain.as_deref(),
-        ) else {
+        let Ok(routed) = route::route(&path_and_query, host.as_deref(), base_domain) else {
             return respond(session, ctx, Problem::NotFound).await;
         };
         // The key's own rules before the lease table: a key for some leases learns nothing
         // about which other leases exist (403 for every name outside its globs).
-        let header = session.req_header();
         let access = acl::Access::of(&header.method, session.is_upgrade_req());
         if acl::authorize(&key, &routed.lease, access, ip, &state.config.ip).is_err() {
             return respond(session, ctx, Problem::Forbidden).await;
@@ -209,7 +209,15 @@ impl ProxyHttp for GatewayProxy {
             .upstream_path_and_query
             .parse::<http::Uri>()
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
-        session.req_header_mut().set_uri(uri);
+        let upstream = session.req_header_mut();
+        // An HTTP/2 request names its host only in `:authority`, which the origin-form URI
+        // drops; the HTTP/1.1 request to the origin must carry it as `Host`.
+        if !upstream.headers.contains_key(http::header::HOST) {
+            if let Some(host) = &host {
+                upstream.insert_header(http::header::HOST, host.as_str())?;
+            }
+        }
+        upstream.set_uri(uri);
         ctx.original_host = host;
         ctx.lease = Some(routed.lease);
         Ok(false)

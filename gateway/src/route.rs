@@ -69,6 +69,13 @@ pub fn route(
     })
 }
 
+/// Whether `host` names a lease by host routing (`{lease}.{base_domain}`): then every path on
+/// it, `/healthz` included, belongs to that lease's origin.
+pub fn is_lease_host(host: Option<&str>, base_domain: Option<&str>) -> bool {
+    host.zip(base_domain)
+        .is_some_and(|(h, d)| lease_label(h, d).is_some())
+}
+
 /// The single lowercased label in front of `.{base_domain}` in `host`, if there is one.
 fn lease_label(host: &str, base_domain: &str) -> Option<String> {
     if host.starts_with('[') {
@@ -213,6 +220,11 @@ mod tests {
             route("/", Some("-a.gw.example.com"), base),
             Err(RouteError::BadName(_))
         ));
+        assert!(is_lease_host(Some("a.gw.example.com:443"), base));
+        for host in [Some("gw.example.com"), Some("a.b.gw.example.com"), None] {
+            assert!(!is_lease_host(host, base), "{host:?}");
+        }
+        assert!(!is_lease_host(Some("a.gw.example.com"), None));
     }
 
     fn percent_encode_all(s: &str, upper: bool) -> String {

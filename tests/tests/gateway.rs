@@ -426,3 +426,73 @@ async fn the_api_key_never_reaches_the_origin_however_it_is_spaced() {
     assert!(seen.lines().any(|l| l == "authorization"), "{seen}");
     assert!(!seen.lines().any(|l| l == "x-api-key"), "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_callers_host_reaches_an_origin_that_keeps_it() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    // `postern expose --keep-host`: the origin sees the Host the caller used.
+    let (owner, listener) = net.listen("kept").await;
+    let target = postern_sdk::expose::Target::parse(&format!("http://{origin}"), true).unwrap();
+    tokio::spawn(postern_sdk::expose::serve(
+        listener,
+        target,
+        postern_sdk::expose::ExposeOptions::default(),
+    ));
+    let gw = TestGateway::start(&net, &[("kept", &owner)], "").await;
+    let authority = format!("localhost:{}", gw.https.port());
+
+    let mut h2 = gw.h2().await;
+    let req = http::Request::get(format!("https://{authority}/peer/kept/hello"))
+        .header(
+            http::header::AUTHORIZATION,
+            format!("Bearer {}", gw.api_key),
+        )
+        .body(empty())
+        .unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-seen-host"], authority.as_str());
+
+    let mut h1 = gw.h1().await;
+    let resp = send(
+        &mut h1,
+        authed(Method::GET, "/peer/kept/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.headers()["x-seen-host"], "localhost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_endpoints_belong_to_the_gateways_own_names_and_follow_its_ip_policy() {
+    let (_net, gw) = TestGateway::for_web_origin("").await;
+    // On a lease host every path is the origin's: /healthz is authenticated and proxied.
+    let mut c = gw.plain().await;
+    let anon = http::Request::get("/healthz")
+        .header("host", "web.gw.test")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&mut c, anon).await.status(), StatusCode::UNAUTHORIZED);
+    let req = http::Request::get("/healthz")
+        .header("host", "web.gw.test")
+        .header("x-api-key", gw.api_key.as_str())
+        .body(empty())
+        .unwrap();
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    assert_eq!(body_bytes(resp).await, "not found", "the origin answered");
+    // On the gateway's own name it is the gateway's.
+    let resp = send(&mut c, get("/healthz")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(body_bytes(resp).await, "ok\n");
+
+    // A gateway closed to a network is closed to it entirely (fail closed).
+    let (_net, gw) = TestGateway::for_web_origin("[ip]\ndeny = [\"127.0.0.0/8\"]\n").await;
+    for path in ["/healthz", "/readyz"] {
+        let mut c = gw.plain().await;
+        assert_eq!(
+            send(&mut c, get(path)).await.status(),
+            StatusCode::FORBIDDEN
+        );
+    }
+}
