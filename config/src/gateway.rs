@@ -148,6 +148,8 @@ pub struct GatewayLimits {
     /// closed at accept, before its TLS handshake.
     pub max_connections: usize,
     pub max_request_body_bytes: u64,
+    /// Most bytes a request head may take (request line and fields; for HTTP/2 the decoded
+    /// field list); larger heads get 431 or a closed connection.
     pub max_header_bytes: usize,
     /// How long a verified key skips argon2.
     #[serde(with = "humantime_serde")]

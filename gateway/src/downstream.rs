@@ -49,6 +49,8 @@ pub struct DownstreamApp<A> {
     /// Pingora's rustls acceptor for an HTTPS listener; `None` for plain HTTP.
     tls: Option<Arc<Acceptor>>,
     header_timeout: Duration,
+    /// Most bytes an HTTP/1 request head may take (`limits.max_header_bytes`).
+    max_header_bytes: usize,
     slots: ConnectionSlots,
 }
 
@@ -57,12 +59,14 @@ impl<A> DownstreamApp<A> {
         inner: Arc<A>,
         tls: Option<Acceptor>,
         header_timeout: Duration,
+        max_header_bytes: usize,
         slots: ConnectionSlots,
     ) -> Self {
         Self {
             inner,
             tls: tls.map(Arc::new),
             header_timeout,
+            max_header_bytes,
             slots,
         }
     }
@@ -114,7 +118,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
             self.inner.process_new(Box::new(wrapped), shutdown).await;
             return;
         }
-        let wrapped = HeaderDeadlineStream::new(session);
+        let wrapped = HeaderDeadlineStream::new(session, self.max_header_bytes);
         wrapped.arm(left);
         self.serve_http1(Box::new(wrapped), shutdown).await;
     }

@@ -1,4 +1,5 @@
-//! The slowloris bound: an HTTP/1 request head must be complete within a deadline.
+//! The slowloris bound: an HTTP/1 request head must be complete within a deadline, and
+//! within `limits.max_header_bytes`.
 //!
 //! Pingora bounds each *read* while it waits for a request head (60 s), not the head as a
 //! whole, so a client trickling one byte a minute could hold a connection forever. Pingora
@@ -20,11 +21,19 @@
 //! [`crate::downstream`] does the wrapping for every accepted connection and, for HTTP/1,
 //! waits for each head's first byte ([`HeaderDeadlineStream::wait_for_head`]) before Pingora
 //! builds a session for it.
+//!
+//! The size bound works the same way: Pingora reads a head of up to 1 MiB (fixed), so the
+//! bytes read from a head's first byte until the head is complete (`disarm`) are counted, and
+//! once they reach the limit the next read fails: Pingora only reads again while the head is
+//! incomplete. Pingora closes a connection whose head could not be read without answering, so
+//! the stream first writes a 431 problem itself, best effort (once, if the socket takes it at
+//! once). A head that arrives whole in one read is measured once parsed ([`crate::proxy`],
+//! 431). HTTP/2 heads are bounded by the h2 `max_header_list_size` setting.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -37,6 +46,8 @@ use pingora::protocols::{
 use pingora::protocols::{Stream, TimingDigest};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
+
+use crate::problem::Problem;
 
 /// A downstream connection whose reads fail once its header deadline has passed.
 #[derive(Debug)]
@@ -53,13 +64,22 @@ pub struct HeaderDeadlineStream {
     /// HTTP/1: the next head's first byte, read by [`Self::wait_for_head`] and handed out by
     /// the next read.
     first_byte: Option<u8>,
+    /// Most bytes a request head may take (`usize::MAX`: no bound here).
+    head_limit: usize,
+    /// Bytes read since the current head's first byte, while `counting`.
+    head_bytes: usize,
+    /// A head is being read: from its first byte until `disarm`.
+    counting: AtomicBool,
+    /// The 431 for an oversized head has been written.
+    refused: bool,
 }
 
 /// Length of the HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
 
 impl HeaderDeadlineStream {
-    pub fn new(inner: Stream) -> Self {
+    /// An HTTP/1 connection whose request heads may take at most `head_limit` bytes.
+    pub fn new(inner: Stream, head_limit: usize) -> Self {
         Self {
             inner,
             base: Instant::now(),
@@ -67,6 +87,10 @@ impl HeaderDeadlineStream {
             timer: None,
             h2_preface_left: 0,
             first_byte: None,
+            head_limit,
+            head_bytes: 0,
+            counting: AtomicBool::new(false),
+            refused: false,
         }
     }
 
@@ -74,7 +98,7 @@ impl HeaderDeadlineStream {
     pub fn for_h2(inner: Stream, after: Duration) -> Self {
         let s = Self {
             h2_preface_left: H2_PREFACE_LEN,
-            ..Self::new(inner)
+            ..Self::new(inner, usize::MAX)
         };
         s.arm(after);
         s
@@ -87,8 +111,10 @@ impl HeaderDeadlineStream {
         self.deadline.store(nanos, Ordering::Release);
     }
 
+    /// The head is complete: neither its deadline nor its size bound applies any more.
     pub fn disarm(&self) {
         self.deadline.store(0, Ordering::Release);
+        self.counting.store(false, Ordering::Release);
     }
 
     /// Waits until the next request head's first byte has arrived (it stays to be read);
@@ -97,6 +123,8 @@ impl HeaderDeadlineStream {
         if self.first_byte.is_some() {
             return Ok(true);
         }
+        self.head_bytes = 0;
+        self.counting.store(true, Ordering::Release);
         let mut byte = [0u8; 1];
         let n = tokio::io::AsyncReadExt::read(self, &mut byte).await?;
         if n == 0 {
@@ -147,6 +175,19 @@ impl AsyncRead for HeaderDeadlineStream {
                 "request headers not complete before the deadline",
             )));
         }
+        let counting = self.counting.load(Ordering::Acquire);
+        if counting && self.head_bytes >= self.head_limit {
+            if !self.refused {
+                self.refused = true;
+                let refusal = head_too_large_response();
+                let _ = Pin::new(&mut self.inner).poll_write(cx, &refusal);
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head larger than limits.max_header_bytes",
+            )));
+        }
         if let Some(byte) = self.first_byte {
             if buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
@@ -154,13 +195,19 @@ impl AsyncRead for HeaderDeadlineStream {
             buf.put_slice(&[byte]);
             self.first_byte = None;
             // Whatever else has arrived comes along; an error will show on the next read.
+            let before = buf.filled().len();
             let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
+            let read = buf.filled().len() - before;
+            self.head_bytes = self.head_bytes.saturating_add(read);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = buf.filled().len() - before;
+        if counting {
+            self.head_bytes = self.head_bytes.saturating_add(read);
+        }
         if self.h2_preface_left > 0 {
-            let read = buf.filled().len() - before;
             self.h2_preface_left = self.h2_preface_left.saturating_sub(read);
             if self.h2_preface_left == 0 {
                 self.disarm();
@@ -198,6 +245,27 @@ impl AsyncWrite for HeaderDeadlineStream {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// A complete HTTP/1.1 431 response with its problem document, closing the connection.
+fn head_too_large_response() -> Vec<u8> {
+    let problem = Problem::HeaderTooLarge;
+    let id: [u8; 16] = rand::random();
+    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let body = problem.body(&id);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: {}\r\nx-request-id: {id}\r\n",
+        problem.status(),
+        problem.title(),
+        body.len()
+    );
+    for (name, value) in problem.headers() {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    out.extend_from_slice(&body);
+    out
 }
 
 // Everything Pingora asks of a connection is the wrapped connection's answer.

@@ -12,6 +12,7 @@
 //! | 403 | the client IP is refused, or a valid key is not allowed this lease or method (scope) |
 //! | 404 | no such lease, or no valid lease name; told only to authenticated callers (else 401) |
 //! | 413 | the request body is larger than `limits.max_request_body_bytes` |
+//! | 431 | the request head is larger than `limits.max_header_bytes` |
 //! | 429 | a rate limit or the per-IP failed-authentication limit; `Retry-After` says when |
 //! | 502 | the lease is offline, the origin is down, or the tunnel failed |
 //! | 503 | the gateway is overloaded or the lease's circuit breaker is open |
@@ -27,6 +28,7 @@ pub enum Problem {
     Forbidden,
     NotFound,
     PayloadTooLarge,
+    HeaderTooLarge,
     TooManyRequests { retry_after_secs: u64 },
     BadGateway,
     ServiceUnavailable,
@@ -45,6 +47,7 @@ impl Problem {
             Self::Forbidden => 403,
             Self::NotFound => 404,
             Self::PayloadTooLarge => 413,
+            Self::HeaderTooLarge => 431,
             Self::TooManyRequests { .. } => 429,
             Self::BadGateway => 502,
             Self::ServiceUnavailable => 503,
@@ -60,6 +63,7 @@ impl Problem {
             Self::Forbidden => "forbidden",
             Self::NotFound => "lease-not-found",
             Self::PayloadTooLarge => "payload-too-large",
+            Self::HeaderTooLarge => "header-too-large",
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::BadGateway => "bad-gateway",
             Self::ServiceUnavailable => "service-unavailable",
@@ -79,6 +83,7 @@ impl Problem {
             Self::Forbidden => "Forbidden",
             Self::NotFound => "Not Found",
             Self::PayloadTooLarge => "Payload Too Large",
+            Self::HeaderTooLarge => "Request Header Fields Too Large",
             Self::TooManyRequests { .. } => "Too Many Requests",
             Self::BadGateway => "Bad Gateway",
             Self::ServiceUnavailable => "Service Unavailable",
@@ -96,6 +101,7 @@ impl Problem {
             Self::Forbidden => "This API key is not allowed to make this request.",
             Self::NotFound => "No lease with this name is known to the gateway.",
             Self::PayloadTooLarge => "The request body exceeds the gateway's limit.",
+            Self::HeaderTooLarge => "The request head exceeds the gateway's limit.",
             Self::TooManyRequests { .. } => "Too many requests; retry after the indicated delay.",
             Self::BadGateway => "The lease is offline or its service did not respond correctly.",
             Self::ServiceUnavailable => "The gateway or the lease is temporarily unavailable.",
@@ -154,12 +160,13 @@ fn push_json_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
-    const ALL: [Problem; 9] = [
+    const ALL: [Problem; 10] = [
         Problem::BadRequest,
         Problem::Unauthorized,
         Problem::Forbidden,
         Problem::NotFound,
         Problem::PayloadTooLarge,
+        Problem::HeaderTooLarge,
         Problem::TooManyRequests {
             retry_after_secs: 7,
         },

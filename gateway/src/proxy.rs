@@ -3,7 +3,7 @@
 //!
 //! 0. `early_request_filter`: the head is complete, the slowloris deadline is lifted
 //!    ([`crate::header_deadline`]); `logging` sets it again for the next request.
-//! 1. `request_filter`: request id → client IP policy → health endpoints (not on lease hosts)
+//! 1. `request_filter`: request id → head size → client IP policy → health endpoints (not on lease hosts)
 //!    → authenticate (API key) → route (which lease) → authorize (lease ACL, scope, per-key
 //!    IPs) → lease exists → body limit → `Host` kept for the origin.
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
@@ -128,6 +128,9 @@ impl ProxyHttp for GatewayProxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        if head_size(session.req_header()) > state.config.limits.max_header_bytes {
+            return respond(session, ctx, Problem::HeaderTooLarge).await;
+        }
         let Some(ip) = ctx.client_ip else {
             return respond(session, ctx, Problem::Forbidden).await;
         };
@@ -418,6 +421,17 @@ impl ProxyHttp for GatewayProxy {
             "request"
         );
     }
+}
+
+/// The size of a parsed request head as it is written in HTTP/1.1: request line, and each
+/// field as `name: value\r\n`.
+fn head_size(head: &RequestHeader) -> usize {
+    let target = head.uri.authority().map_or(0, |a| a.as_str().len())
+        + head.uri.path_and_query().map_or(1, |p| p.as_str().len());
+    let line = head.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    head.headers.iter().fold(line, |size, (name, value)| {
+        size + name.as_str().len() + value.len() + ": \r\n".len()
+    })
 }
 
 /// How long an early refusal keeps reading the rest of a request body.

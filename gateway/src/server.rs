@@ -158,6 +158,10 @@ impl Gateway {
         let mut options = HttpServerOptions::default();
         options.h2_idle_timeout = Some(limits.keepalive_timeout);
         proxy.server_options = Some(options);
+        // HTTP/2 heads: the decoded header list is bounded by the same limit as HTTP/1 heads.
+        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+        h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        proxy.h2_options = Some(h2);
         let proxy = Arc::new(proxy);
         // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
         // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1
@@ -191,6 +195,7 @@ impl Gateway {
                 Arc::clone(&proxy),
                 acceptor,
                 limits.request_header_timeout,
+                limits.max_header_bytes,
                 Arc::clone(&state.connections),
             );
             let mut listeners = Listeners::new();

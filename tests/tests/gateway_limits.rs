@@ -602,3 +602,79 @@ async fn two_spellings_of_one_lease_name_are_a_config_error() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_heads_over_max_header_bytes_are_refused_on_http1_and_http2() {
+    let (_net, gw) = TestGateway::for_web_origin(
+        "[limits]\nmax_header_bytes = 4096\nrequest_header_timeout = \"60s\"\n",
+    )
+    .await;
+    let big = "b".repeat(6000);
+
+    // Under the limit, head after head on one connection: the count starts again each time,
+    // and a body sent along with its head is not counted.
+    let mut c = gw.plain().await;
+    for _ in 0..5 {
+        let mut req = authed(
+            Method::POST,
+            "/peer/web/count",
+            &gw.api_key,
+            streaming_body(100_000),
+        );
+        req.headers_mut()
+            .insert("x-filler", "f".repeat(3000).parse().unwrap());
+        let resp = send(&mut c, req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_bytes(resp).await, "100000");
+    }
+
+    // Over it, HTTP/1.1, whole in one write: 431.
+    let mut tcp = TcpStream::connect(gw.http).await.unwrap();
+    let head = format!(
+        "GET /peer/web/hello HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nX-Big: {big}\r\n\r\n",
+        gw.api_key
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 431"),
+        "{}",
+        &text[..text.len().min(200)]
+    );
+
+    // A head that never ends is cut once it passes the limit, not at Pingora's 1 MiB or at
+    // the (here: one minute) header deadline.
+    let mut tcp = TcpStream::connect(gw.http).await.unwrap();
+    tcp.write_all(b"GET /peer/web/hello HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let line = format!("X-Fill: {}\r\n", "f".repeat(990));
+    let sent = trickle_until_closed(&mut tcp, line.as_bytes(), 60).await;
+    assert!(sent <= 6, "the gateway read {sent} KB of one request head");
+
+    // HTTP/2: the decoded field list is bounded too.
+    let mut h2 = gw.h2().await;
+    let req = http::Request::get(format!(
+        "https://localhost:{}/peer/web/hello",
+        gw.https.port()
+    ))
+    .header("authorization", format!("Bearer {}", gw.api_key))
+    .header("x-big", big.as_str())
+    .body(empty())
+    .unwrap();
+    match h2.send_request(req).await {
+        Ok(resp) => assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        // A reset stream is a refusal too.
+        Err(e) => eprintln!("HTTP/2 over-size head refused with {e}"),
+    }
+    // The gateway still serves.
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+}
