@@ -10,7 +10,10 @@
 //! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
 //!    E2EE session.
 //! 3. `upstream_request_filter`: hop-by-hop fields out ([`postern_sdk::hop_by_hop`]), forwarding
-//!    headers in; the caller's API key never leaves.
+//!    headers in; the caller's API key never leaves. The gateway is the edge, the first hop an
+//!    origin can trust: forwarding fields a client sent (`Forwarded`, `X-Forwarded-*`,
+//!    `X-Real-IP`) are replaced, never extended, so an origin reading `X-Forwarded-For` gets
+//!    the address the gateway saw, not one the client chose.
 //! 4. `response_filter`: hop-by-hop fields out; the request id goes back to the caller.
 //! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
 
@@ -315,16 +318,11 @@ impl ProxyHttp for GatewayProxy {
         if auth::authorization_is_ours(&upstream.headers) {
             upstream.remove_header("authorization");
         }
+        for spoofable in FORWARDING_FIELDS {
+            upstream.remove_header(spoofable);
+        }
         if let Some(ip) = ctx.client_ip {
-            let forwarded = match upstream
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prev) => format!("{prev}, {ip}"),
-                None => ip.to_string(),
-            };
-            upstream.insert_header("x-forwarded-for", forwarded)?;
+            upstream.insert_header("x-forwarded-for", ip.to_canonical().to_string())?;
         }
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
@@ -433,6 +431,15 @@ fn head_size(head: &RequestHeader) -> usize {
         size + name.as_str().len() + value.len() + ": \r\n".len()
     })
 }
+
+/// Fields that tell an origin who the client is; only the gateway sets them.
+const FORWARDING_FIELDS: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-real-ip",
+];
 
 /// How long an early refusal keeps reading the rest of a request body.
 const LINGER: Duration = Duration::from_secs(5);

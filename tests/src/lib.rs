@@ -215,6 +215,15 @@ async fn origin_service(req: Request<Incoming>) -> Result<Response<Body>, Infall
         names.sort_unstable();
         names.dedup();
         Response::new(full(names.join("\n")))
+    } else if let Some(name) = path.strip_prefix("/header/") {
+        // Every value of one field, one per line, as the origin received them.
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<non-ascii>"))
+            .collect();
+        Response::new(full(values.join("\n")))
     } else if path == "/hop" {
         let mut r = Response::new(full("hop"));
         let h = r.headers_mut();

@@ -496,3 +496,33 @@ async fn health_endpoints_belong_to_the_gateways_own_names_and_follow_its_ip_pol
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_fields_are_the_gateways_not_the_clients() {
+    let (_net, gw) = TestGateway::for_web_origin("").await;
+    let mut c = gw.plain().await;
+    for (name, at_origin) in [
+        ("x-forwarded-for", "127.0.0.1"),
+        ("x-forwarded-host", "localhost"),
+        ("x-forwarded-proto", "http"),
+        ("forwarded", ""),
+        ("x-real-ip", ""),
+    ] {
+        let mut req = authed(
+            Method::GET,
+            &format!("/peer/web/header/{name}"),
+            &gw.api_key,
+            empty(),
+        );
+        let h = req.headers_mut();
+        h.append("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7, 10.0.0.1".parse().unwrap());
+        h.insert("forwarded", "for=203.0.113.9".parse().unwrap());
+        h.insert("x-real-ip", "203.0.113.9".parse().unwrap());
+        h.insert("x-forwarded-host", "evil.example".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        let resp = send(&mut c, req).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(body_bytes(resp).await, at_origin, "{name}");
+    }
+}
