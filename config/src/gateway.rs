@@ -151,7 +151,7 @@ pub struct GatewayLimits {
     /// Most bytes a request head may take (request line and fields; for HTTP/2 the decoded
     /// field list); larger heads get 431 or a closed connection.
     pub max_header_bytes: usize,
-    /// How long a verified key skips argon2.
+    /// How long a verified key stays cached (skipping argon2) after its last use.
     #[serde(with = "humantime_serde")]
     pub key_cache_ttl: Duration,
     pub key_cache_max_entries: usize,

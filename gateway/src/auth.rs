@@ -6,8 +6,9 @@
 //! requests into argon2 work at will:
 //! * a malformed key, or a well-formed key whose id is unknown, is refused before argon2 (the id
 //!   is an O(1) map lookup; ids are identifiers, not secrets);
-//! * a key that passed argon2 is remembered as the SHA-256 of the whole key, per id, for
-//!   `key_cache_ttl`; later requests compare digests in constant time and skip argon2;
+//! * a key that passed argon2 is remembered as the SHA-256 of the whole key, per id, until it
+//!   goes unused for `key_cache_ttl`; later requests compare digests in constant time and skip
+//!   argon2;
 //! * concurrent first uses of one id wait for a single argon2 run (at most once per key per
 //!   cache lifetime);
 //! * failed attempts are limited per client IP (IPv6 per /64) with a GCRA quota; past it the
@@ -165,7 +166,7 @@ struct StoredKey {
 
 struct CacheEntry {
     digest: [u8; 32],
-    inserted: Instant,
+    last_used: Instant,
 }
 
 /// The configured keys, the verified-key cache, and the per-IP failure limiter.
@@ -263,31 +264,40 @@ impl KeyStore {
     /// Checks a key presented by a client at `ip`; `now_unix` decides expiry.
     ///
     /// Every failure counts against `ip`'s quota (see the module docs); a client over it gets
-    /// [`AuthError::TooManyFailures`] without its key being looked at.
+    /// [`AuthError::TooManyFailures`] for any key not already verified. A key in the cache is
+    /// accepted even then: presenting it guesses nothing, and a client sharing an address (a
+    /// NAT) with someone guessing keys keeps working.
     pub async fn verify(
         &self,
         presented: &str,
         now_unix: u64,
         ip: IpAddr,
     ) -> Result<Arc<ApiKey>, AuthError> {
+        let id = parse_key(presented);
+        let stored = id.and_then(|id| Some((id, self.keys.get(id)?)));
+        let live = stored.filter(|(_, s)| s.key.expires_at.is_none_or(|at| now_unix < at));
+        let digest: Option<[u8; 32]> = live.map(|_| Sha256::digest(presented.as_bytes()).into());
+        if let (Some((id, stored)), Some(digest)) = (live, &digest) {
+            if self.cached(id, digest) {
+                return Ok(stored.key.clone());
+            }
+        }
         self.check_ip_allowed_to_try(ip)?;
         let refuse = |e: AuthError| {
             self.record_failure(ip);
             Err(e)
         };
-        let Some(id) = parse_key(presented) else {
-            return refuse(AuthError::Malformed);
+        let Some((id, stored)) = stored else {
+            let unknown = id.is_some();
+            return refuse(if unknown {
+                AuthError::UnknownKey
+            } else {
+                AuthError::Malformed
+            });
         };
-        let Some(stored) = self.keys.get(id) else {
-            return refuse(AuthError::UnknownKey);
-        };
-        if stored.key.expires_at.is_some_and(|at| now_unix >= at) {
+        let Some(digest) = digest else {
             return refuse(AuthError::Expired);
-        }
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if self.cached(id, &digest) {
-            return Ok(stored.key.clone());
-        }
+        };
         let _one_run = tokio::time::timeout(self.verify_timeout, stored.verifying.lock())
             .await
             .map_err(|_| AuthError::Busy)?;
@@ -314,29 +324,37 @@ impl KeyStore {
         Ok(stored.key.clone())
     }
 
+    /// Whether `digest` is the verified key of `id`; a hit keeps the entry another
+    /// `key_cache_ttl` (a key in use never goes back to argon2, so never queues behind guesses).
     fn cached(&self, id: &str, digest: &[u8; 32]) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.get(id).is_some_and(|entry| {
-            entry.inserted.elapsed() < self.cache_ttl && bool::from(entry.digest.ct_eq(digest))
-        })
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = cache.get_mut(id) else {
+            return false;
+        };
+        let hit =
+            entry.last_used.elapsed() < self.cache_ttl && bool::from(entry.digest.ct_eq(digest));
+        if hit {
+            entry.last_used = Instant::now();
+        }
+        hit
     }
 
     fn remember(&self, id: &str, digest: [u8; 32]) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         if cache.len() >= self.cache_max && !cache.contains_key(id) {
-            cache.retain(|_, e| e.inserted.elapsed() < self.cache_ttl);
+            cache.retain(|_, e| e.last_used.elapsed() < self.cache_ttl);
             if cache.len() >= self.cache_max {
                 let oldest = cache
                     .iter()
-                    .min_by_key(|(_, e)| e.inserted)
+                    .min_by_key(|(_, e)| e.last_used)
                     .map(|(k, _)| k.clone());
                 if let Some(oldest) = oldest {
                     cache.remove(&oldest);
                 }
             }
         }
-        let inserted = Instant::now();
-        cache.insert(id.to_owned(), CacheEntry { digest, inserted });
+        let last_used = Instant::now();
+        cache.insert(id.to_owned(), CacheEntry { digest, last_used });
     }
 
     /// `Err` while `ip` is over its failed-attempt quota; try no key from it until then.
@@ -580,6 +598,14 @@ mod tests {
         // Another client is not affected.
         let other: IpAddr = "192.0.2.7".parse().unwrap();
         assert!(store.verify(&sample().0, 0, other).await.is_ok());
+        // Once verified, the key works from the blocked address too (it guesses nothing), and
+        // a guess from there still does not.
+        assert!(store.verify(&sample().0, 0, LOOPBACK).await.is_ok());
+        assert!(matches!(
+            store.verify(&wrong, 0, LOOPBACK).await,
+            Err(AuthError::TooManyFailures { .. })
+        ));
+        assert_eq!(store.argon2_verifications(), 4);
     }
 
     #[tokio::test]

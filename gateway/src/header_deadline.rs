@@ -119,6 +119,10 @@ impl HeaderDeadlineStream {
 
     /// Waits until the next request head's first byte has arrived (it stays to be read);
     /// `false` when the client closed the connection. Bounded by the armed deadline.
+    ///
+    /// Assumes Pingora holds no bytes of the next request when it hands a connection back:
+    /// true while its HTTP/1 pipelining stays off (the default; with it on, a pipelined head
+    /// would wait here for a byte that was already read).
     pub async fn wait_for_head(&mut self) -> io::Result<bool> {
         if self.first_byte.is_some() {
             return Ok(true);

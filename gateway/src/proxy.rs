@@ -134,6 +134,7 @@ impl ProxyHttp for GatewayProxy {
         if head_size(session.req_header()) > state.config.limits.max_header_bytes {
             return respond(session, ctx, Problem::HeaderTooLarge).await;
         }
+        ignore_h2c_upgrade(session.req_header_mut());
         let Some(ip) = ctx.client_ip else {
             return respond(session, ctx, Problem::Forbidden).await;
         };
@@ -166,10 +167,8 @@ impl ProxyHttp for GatewayProxy {
             }
         }
 
-        // Authenticate before anything about leases is revealed.
-        if let Err(e) = state.keys.check_ip_allowed_to_try(ip) {
-            return respond(session, ctx, e.problem()).await;
-        }
+        // Authenticate before anything about leases is revealed (a client over its failure
+        // quota is refused inside `verify`, unless its key is already verified).
         let presented = match auth::KeyStore::extract(&session.req_header().headers) {
             Ok(Some(key)) => key.to_owned(),
             Ok(None) | Err(_) => return respond(session, ctx, Problem::Unauthorized).await,
@@ -318,8 +317,14 @@ impl ProxyHttp for GatewayProxy {
         if auth::authorization_is_ours(&upstream.headers) {
             upstream.remove_header("authorization");
         }
-        for spoofable in FORWARDING_FIELDS {
-            upstream.remove_header(spoofable);
+        let spoofable: Vec<http::HeaderName> = upstream
+            .headers
+            .keys()
+            .filter(|name| is_forwarding_field(name.as_str()))
+            .cloned()
+            .collect();
+        for name in spoofable {
+            upstream.remove_header(&name);
         }
         if let Some(ip) = ctx.client_ip {
             upstream.insert_header("x-forwarded-for", ip.to_canonical().to_string())?;
@@ -432,14 +437,38 @@ fn head_size(head: &RequestHeader) -> usize {
     })
 }
 
-/// Fields that tell an origin who the client is; only the gateway sets them.
-const FORWARDING_FIELDS: [&str; 5] = [
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-real-ip",
-];
+/// `Upgrade: h2c` (what `curl --http2` sends over plain HTTP) asks for HTTP/2 in place of
+/// this HTTP/1.1 connection, which the gateway does not do; RFC 9110 §7.8 lets a server ignore
+/// it, and so it does: the request stays a plain request (no tunnel, no write scope needed),
+/// and `HTTP2-Settings` goes with the `Connection` list as any hop-by-hop field does.
+fn ignore_h2c_upgrade(head: &mut RequestHeader) {
+    let only_h2c = head
+        .headers
+        .get(http::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').all(|t| t.trim().eq_ignore_ascii_case("h2c")));
+    if only_h2c {
+        head.remove_header(&http::header::UPGRADE);
+        head.remove_header("http2-settings");
+    }
+}
+
+/// Whether a field tells an origin who the client is, how it connected or under which name;
+/// only the gateway sets these (`X-Forwarded-*` and the usual client-address fields).
+fn is_forwarding_field(name: &str) -> bool {
+    name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "forwarded"
+                | "x-real-ip"
+                | "x-client-ip"
+                | "true-client-ip"
+                | "cf-connecting-ip"
+                | "fastly-client-ip"
+                | "x-cluster-client-ip"
+                | "x-original-forwarded-for"
+        )
+}
 
 /// How long an early refusal keeps reading the rest of a request body.
 const LINGER: Duration = Duration::from_secs(5);
@@ -455,5 +484,56 @@ impl GatewayProxy {
             while let Ok(Some(_)) = session.read_request_body().await {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_size_is_the_size_of_the_head_as_http1_writes_it() {
+        let mut head = RequestHeader::build("GET", b"/a/b?c=d", None).unwrap();
+        head.insert_header("host", "example.test").unwrap();
+        head.append_header("x-many", "1").unwrap();
+        head.append_header("x-many", "22").unwrap();
+        let written = "GET /a/b?c=d HTTP/1.1\r\nhost: example.test\r\nx-many: 1\r\nx-many: 22\r\n";
+        assert_eq!(head_size(&head), written.len());
+    }
+
+    #[test]
+    fn only_an_h2c_upgrade_is_ignored() {
+        let mut head = RequestHeader::build("GET", b"/", None).unwrap();
+        head.insert_header("upgrade", "h2c").unwrap();
+        head.insert_header("http2-settings", "AAMAAABkAAQAAP__")
+            .unwrap();
+        ignore_h2c_upgrade(&mut head);
+        assert!(head.headers.get("upgrade").is_none());
+        assert!(head.headers.get("http2-settings").is_none());
+        for kept in ["websocket", "h2c, websocket"] {
+            let mut head = RequestHeader::build("GET", b"/", None).unwrap();
+            head.insert_header("upgrade", kept).unwrap();
+            ignore_h2c_upgrade(&mut head);
+            assert_eq!(head.headers["upgrade"], kept);
+        }
+    }
+
+    #[test]
+    fn forwarding_fields_are_recognised() {
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "forwarded",
+        ] {
+            assert!(is_forwarding_field(name), "{name}");
+        }
+        for name in ["true-client-ip", "cf-connecting-ip", "x-real-ip"] {
+            assert!(is_forwarding_field(name), "{name}");
+        }
+        for name in ["x-forwarded", "x-request-id", "authorization", "host"] {
+            assert!(!is_forwarding_field(name), "{name}");
+        }
     }
 }

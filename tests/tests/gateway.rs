@@ -507,6 +507,8 @@ async fn forwarding_fields_are_the_gateways_not_the_clients() {
         ("x-forwarded-proto", "http"),
         ("forwarded", ""),
         ("x-real-ip", ""),
+        ("x-forwarded-port", ""),
+        ("true-client-ip", ""),
     ] {
         let mut req = authed(
             Method::GET,
@@ -521,8 +523,46 @@ async fn forwarding_fields_are_the_gateways_not_the_clients() {
         h.insert("x-real-ip", "203.0.113.9".parse().unwrap());
         h.insert("x-forwarded-host", "evil.example".parse().unwrap());
         h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("x-forwarded-port", "443".parse().unwrap());
+        h.insert("true-client-ip", "203.0.113.9".parse().unwrap());
         let resp = send(&mut c, req).await;
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(body_bytes(resp).await, at_origin, "{name}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2c_upgrade_offer_is_ignored_and_needs_no_write_scope() {
+    let net = TestNet::start().await;
+    let origin = spawn_origin().await;
+    let owner = net.expose("web", origin).await;
+    let (reader, reader_key) =
+        postern_tests::gateway::api_key_toml("r", "\"*\"", "scopes = [\"read\"]");
+    let gw = TestGateway::start(&net, &[("web", &owner)], &reader).await;
+    // What `curl --http2 http://…` sends.
+    let mut c = gw.plain().await;
+    let mut req = authed(Method::GET, "/peer/web/headers", &reader_key, empty());
+    let h = req.headers_mut();
+    h.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
+    h.insert("upgrade", "h2c".parse().unwrap());
+    h.insert(
+        "http2-settings",
+        "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
+    );
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    for gone in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            !seen.lines().any(|l| l == gone),
+            "{gone} reached the origin: {seen}"
+        );
+    }
+    // The connection is still an HTTP/1.1 one.
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &reader_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
 }
