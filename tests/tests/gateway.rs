@@ -190,13 +190,10 @@ async fn invalid_keys_never_reach_argon2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_ip_policy_and_malformed_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
     // A key that may only be used from 10.0.0.0/8: loopback callers are refused.
     let (far, far_key) =
         postern_tests::gateway::api_key_toml("x", "\"*\"", "allow_ips = [\"10.0.0.0/8\"]");
-    let gw = TestGateway::start(&net, &[("web", &owner)], &far).await;
+    let (_net, gw) = TestGateway::for_web_origin(&far).await;
 
     let mut c = gw.plain().await;
     let resp = send(&mut c, get("/healthz")).await;
@@ -533,12 +530,9 @@ async fn forwarding_fields_are_the_gateways_not_the_clients() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_offer_is_ignored_and_needs_no_write_scope() {
-    let net = TestNet::start().await;
-    let origin = spawn_origin().await;
-    let owner = net.expose("web", origin).await;
     let (reader, reader_key) =
         postern_tests::gateway::api_key_toml("r", "\"*\"", "scopes = [\"read\"]");
-    let gw = TestGateway::start(&net, &[("web", &owner)], &reader).await;
+    let (_net, gw) = TestGateway::for_web_origin(&reader).await;
     // What `curl --http2 http://…` sends.
     let mut c = gw.plain().await;
     let mut req = authed(Method::GET, "/peer/web/headers", &reader_key, empty());
