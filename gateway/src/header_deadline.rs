@@ -254,8 +254,7 @@ impl AsyncWrite for HeaderDeadlineStream {
 /// A complete HTTP/1.1 431 response with its problem document, closing the connection.
 fn head_too_large_response() -> Vec<u8> {
     let problem = Problem::HeaderTooLarge;
-    let id: [u8; 16] = rand::random();
-    let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    let id = crate::proxy::new_request_id();
     let body = problem.body(&id);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: {}\r\nx-request-id: {id}\r\n",

@@ -64,10 +64,13 @@ fn request_id(session: &Session) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            let bytes: [u8; 16] = rand::random();
-            bytes.iter().map(|b| format!("{b:02x}")).collect()
-        })
+        .unwrap_or_else(new_request_id)
+}
+
+/// A fresh request id: 128 random bits in hex.
+pub fn new_request_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Answers the request with a problem document and ends it.
@@ -313,9 +316,8 @@ impl ProxyHttp for GatewayProxy {
         }
         // The caller's credentials are for the gateway only: whatever `extract` would read as
         // a key does not go on.
-        upstream.remove_header("x-api-key");
-        if auth::authorization_is_ours(&upstream.headers) {
-            upstream.remove_header("authorization");
+        for name in auth::credential_fields(&upstream.headers) {
+            upstream.remove_header(name);
         }
         let spoofable: Vec<http::HeaderName> = upstream
             .headers
