@@ -10,6 +10,12 @@
 //! random invalid API keys, and the gateway's CPU per invalid request next to the cost of one
 //! argon2 hash.
 //!
+//! Next to the small-response target at 32 connections the bench also loads the tunnel alone
+//! (the bench client over an in-process dialer's kept-alive inner streams, no gateway) and
+//! prints the ceiling that this measures for any gateway in front of it on the same cores (see
+//! [`gateway_ceiling`]): a target above that ceiling cannot be met on this machine by work in
+//! the gateway.
+//!
 //! The relay, the agent and the gateway are the real binaries, run as child processes so each
 //! one's memory and CPU can be read from `/proc/<pid>`. Build them first (same target directory
 //! as the bench): `cargo build --release -p postern-relay -p postern-cli -p postern-gateway`.
@@ -61,6 +67,25 @@ const DOWNLOAD_RATIO: f64 = 0.12;
 const IDLE_CONN_BYTES: f64 = 20_000.0;
 /// "Does not slow valid traffic measurably": within the noise of a busy 2-core box.
 const FLOOD_RATIO: f64 = 0.90;
+
+/// The best `postern / direct` ratio that any gateway in front of the tunnel could reach on
+/// this machine, from measurements of the same run.
+///
+/// The gateway path is the tunnel-only path (the bench client speaking HTTP/1.1 over an
+/// in-process dialer's inner streams, kept alive: through the relay and the agent to the origin)
+/// plus one more HTTP exchange over loopback TCP, client → gateway. That exchange costs at least
+/// what the direct path costs in all (a client, a loopback hop, an HTTP server), before TLS, API
+/// keys or any proxy logic. With every process on the same `cores`, the gateway path can serve at
+/// most `cores / (cpu_tunnel + cpu_direct)` requests per second, CPU counted per request over
+/// every process. The CPU is measured rather than inferred from req/s, so the bound holds even
+/// if the tunnel-only load leaves cores idle.
+fn gateway_ceiling(cores: f64, direct_rps: f64, cpu_direct_ns: f64, cpu_tunnel_ns: f64) -> f64 {
+    let per_request = (cpu_direct_ns + cpu_tunnel_ns) / 1e9;
+    if direct_rps <= 0.0 || per_request <= 0.0 {
+        return 0.0;
+    }
+    cores / per_request / direct_rps
+}
 
 // ---------------------------------------------------------------------------------------------
 // Settings
@@ -464,6 +489,7 @@ fn main() {
     let children = Children::default();
     let guard = Guard::new(children.clone());
     let dir = guard.dir.clone();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -485,7 +511,8 @@ fn main() {
             vec![keys.dial_grant(&me)],
         ));
         wait_for_lease(&dialer, &keys.target(), &children, &agent).await;
-        drop(dialer);
+        // Kept: the same dialer is the "tunnel only" route of the ceiling measurement.
+        let tunnel = Route::Dialer(dialer, Box::new(keys.target()));
 
         let gw = start_gateway(gateway_bin, cli_bin, &children, &dir, &keys, relay.addr);
         let tls = wait_for_gateway(&gw, &children).await;
@@ -558,6 +585,37 @@ fn main() {
                     pl.requests as f64,
                     0,
                 ));
+                if size == "small" && conns == 32 {
+                    step(&format!("GET {path}, {conns} connection(s), tunnel only"));
+                    let (tl, t0, t1) =
+                        measure_load_metered(&tunnel, conns, path, &s.load, &meter).await;
+                    rows.push(row(
+                        &format!("req/s, {size}, {conns} conn, tunnel only (no gateway)"),
+                        Some(dl.rps()),
+                        tl.rps(),
+                        0,
+                    ));
+                    let per_request = |b, a, n: u64| meter.total_ns(b, a) as f64 / n.max(1) as f64;
+                    let ceiling = gateway_ceiling(
+                        cores,
+                        dl.rps(),
+                        per_request(&d0, &d1, dl.requests),
+                        per_request(&t0, &t1, tl.requests),
+                    );
+                    rows.push(Row {
+                        ratio: format!("{ceiling:.3}x"),
+                        ..row(
+                            &format!("  ceiling: any gateway in front, {size}, {conns} conn"),
+                            Some(dl.rps()),
+                            ceiling * dl.rps(),
+                            0,
+                        )
+                    });
+                    cpu_notes.push(format!(
+                        "  {size}, {conns} conn, tunnel only — {}",
+                        meter.per_op_us(&t0, &t1, tl.requests),
+                    ));
+                }
                 cpu_notes.push(format!(
                     "  {size}, {conns} conn — direct: {} | postern: {}",
                     meter.per_op_us(&d0, &d1, dl.requests),

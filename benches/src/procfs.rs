@@ -109,6 +109,16 @@ impl CpuMeter {
             .join(", ")
     }
 
+    /// CPU nanoseconds all metered processes used between two readings.
+    pub fn total_ns(&self, before: &CpuSnapshot, after: &CpuSnapshot) -> u64 {
+        before
+            .0
+            .iter()
+            .zip(&after.0)
+            .map(|(b, a)| a.saturating_sub(*b))
+            .sum()
+    }
+
     /// CPU nanoseconds process `name` used between two readings.
     pub fn delta_ns(&self, name: &str, before: &CpuSnapshot, after: &CpuSnapshot) -> Option<u64> {
         let i = self.procs.iter().position(|(n, _)| *n == name)?;
