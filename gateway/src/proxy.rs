@@ -137,6 +137,9 @@ impl ProxyHttp for GatewayProxy {
         if head_size(session.req_header()) > state.config.limits.max_header_bytes {
             return respond(session, ctx, Problem::HeaderTooLarge).await;
         }
+        if lacks_required_host(session.req_header()) {
+            return respond(session, ctx, Problem::BadRequest).await;
+        }
         ignore_h2c_upgrade(session.req_header_mut());
         let Some(ip) = ctx.client_ip else {
             return respond(session, ctx, Problem::Forbidden).await;
@@ -322,7 +325,9 @@ impl ProxyHttp for GatewayProxy {
         let spoofable: Vec<http::HeaderName> = upstream
             .headers
             .keys()
-            .filter(|name| is_forwarding_field(name.as_str()))
+            .filter(|name| {
+                is_forwarding_field(name.as_str()) || is_underscore_spelling_of_ours(name.as_str())
+            })
             .cloned()
             .collect();
         for name in spoofable {
@@ -472,6 +477,28 @@ fn is_forwarding_field(name: &str) -> bool {
         )
 }
 
+/// Whether a field name with `_` is, read with `-` for `_`, one the gateway sets or keeps from
+/// the origin: a forwarding field, `X-Request-Id` or the `X-API-Key` credential.
+///
+/// CGI, WSGI and PHP origins see `X-Forwarded-For` and `X_Forwarded_For` as one variable
+/// (`HTTP_X_FORWARDED_FOR`), so a client could otherwise choose the address such an origin
+/// trusts, or hand it an API key under a name the gateway does not strip. nginx drops every
+/// name with `_` for the same reason (`underscores_in_headers off`); the gateway drops only
+/// these, so an origin's own `_` fields still arrive.
+fn is_underscore_spelling_of_ours(name: &str) -> bool {
+    if !name.contains('_') {
+        return false;
+    }
+    let dashed = name.replace('_', "-");
+    is_forwarding_field(&dashed) || matches!(dashed.as_str(), "x-request-id" | "x-api-key")
+}
+
+/// Whether an HTTP/1.1 request lacks the `Host` field that RFC 9112 §3.2 requires of it (the
+/// server must answer 400). HTTP/1.0 may omit it; HTTP/2 carries `:authority` instead.
+fn lacks_required_host(head: &RequestHeader) -> bool {
+    head.version == http::Version::HTTP_11 && head.headers.get(http::header::HOST).is_none()
+}
+
 /// How long an early refusal keeps reading the rest of a request body.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -537,5 +564,37 @@ mod tests {
         for name in ["x-forwarded", "x-request-id", "authorization", "host"] {
             assert!(!is_forwarding_field(name), "{name}");
         }
+    }
+
+    #[test]
+    fn underscore_spellings_of_gateway_fields_are_recognised() {
+        for name in [
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x_real_ip",
+            "true_client_ip",
+            "x_request_id",
+            "x_api_key",
+            "x-api_key",
+        ] {
+            assert!(is_underscore_spelling_of_ours(name), "{name}");
+        }
+        for name in ["x-forwarded-for", "x-api-key", "x_custom_field", "my_token"] {
+            assert!(!is_underscore_spelling_of_ours(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn http11_needs_a_host() {
+        let mut head = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(lacks_required_host(&head));
+        head.insert_header("host", "example.com").unwrap();
+        assert!(!lacks_required_host(&head));
+        let mut old = RequestHeader::build("GET", b"/", None).unwrap();
+        old.set_version(http::Version::HTTP_10);
+        assert!(!lacks_required_host(&old));
+        let mut h2 = RequestHeader::build("GET", b"/", None).unwrap();
+        h2.set_version(http::Version::HTTP_2);
+        assert!(!lacks_required_host(&h2));
     }
 }

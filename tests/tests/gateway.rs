@@ -529,6 +529,69 @@ async fn forwarding_fields_are_the_gateways_not_the_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_the_gateways_fields_do_not_reach_the_origin() {
+    // CGI and WSGI origins read `X_Forwarded_For` as `X-Forwarded-For`.
+    let (_net, gw) = TestGateway::for_web_origin("").await;
+    let mut c = gw.plain().await;
+    let mut req = authed(Method::GET, "/peer/web/headers", &gw.api_key, empty());
+    let h = req.headers_mut();
+    h.insert("x_forwarded_for", "203.0.113.9".parse().unwrap());
+    h.insert("x-forwarded_host", "evil.example".parse().unwrap());
+    h.insert("x_real_ip", "203.0.113.9".parse().unwrap());
+    h.insert("x_request_id", "chosen-by-client".parse().unwrap());
+    h.insert("x_api_key", gw.api_key.parse().unwrap());
+    h.insert("x_origin_field", "kept".parse().unwrap());
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    let names: Vec<&str> = seen.lines().collect();
+    for gone in [
+        "x_forwarded_for",
+        "x-forwarded_host",
+        "x_real_ip",
+        "x_request_id",
+        "x_api_key",
+    ] {
+        assert!(!names.contains(&gone), "{gone} reached the origin: {seen}");
+    }
+    assert!(names.contains(&"x_origin_field"), "{seen}");
+    assert!(names.contains(&"x-forwarded-for"), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http11_request_without_host_is_a_bad_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_net, gw) = TestGateway::for_web_origin("").await;
+    let exchange = |version: &'static str| {
+        let key = gw.api_key.clone();
+        let addr = gw.http;
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let req = format!(
+                "GET /peer/web/hello {version}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n"
+            );
+            tcp.write_all(req.as_bytes()).await.unwrap();
+            let mut resp = String::new();
+            tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tcp.read_to_string(&mut resp),
+            )
+            .await
+            .expect("answer in time")
+            .unwrap();
+            resp
+        }
+    };
+    let resp = exchange("HTTP/1.1").await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("application/problem+json"), "{resp}");
+    // HTTP/1.0 may leave it out.
+    let resp = exchange("HTTP/1.0").await;
+    assert!(resp.contains(" 200 "), "{resp}");
+    assert!(resp.ends_with("hello from origin"), "{resp}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2c_upgrade_offer_is_ignored_and_needs_no_write_scope() {
     let (reader, reader_key) =
         postern_tests::gateway::api_key_toml("r", "\"*\"", "scopes = [\"read\"]");
