@@ -20,11 +20,12 @@
 //!   come back, up to `limits.shutdown_grace`, before the gateway exits. The TLS handshake's
 //!   state is boxed and freed when the handshake ends, so an open connection never carries it.
 //! * **HTTP/1 keep-alive loop**: Pingora's own loop (`ServerApp for HttpServerApp`), with one
-//!   difference: between two requests it waits for the first byte of the next head itself,
-//!   and only then builds Pingora's session and request future. An idle keep-alive
-//!   connection so holds the socket, TLS state and this small wait — not Pingora's ~12 KiB of
-//!   per-request session and future. (Pipelining, which would need the carried-over bytes, is
-//!   never enabled in this gateway.)
+//!   difference: between two requests it reads the next head itself, whole
+//!   (`HeaderDeadlineStream::wait_for_head`), and only then builds Pingora's session and
+//!   request future. An idle keep-alive connection so holds the socket, TLS state and a
+//!   one-byte read — not Pingora's ~12 KiB of per-request session and future — and a head that
+//!   never completes ends here, at debug level, not in Pingora's `error` log. (Pipelining,
+//!   which would need the carried-over bytes, is never enabled in this gateway.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -151,8 +152,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
         }
     }
 
-    /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), waiting for each head's
-    /// first byte before a session is built (module docs).
+    /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), reading each head whole
+    /// before a session is built (see `crate::header_deadline`).
     async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut first = true;
@@ -164,8 +165,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
                 arrived = stream.wait_for_head() => arrived,
                 Ok(()) = closing.changed() => return,
             };
-            if !matches!(arrived, Ok(true)) {
-                return;
+            match arrived {
+                Ok(true) => {}
+                Ok(false) => return,
+                // A client's doing (slow, oversized or abandoned head): not a gateway error.
+                Err(e) => return tracing::debug!(error = %e, "request head not read"),
             }
             let mut session = ServerSession::new_http1(stream);
             if first {

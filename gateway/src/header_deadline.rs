@@ -19,8 +19,11 @@
 //!   next head in full.
 //!
 //! [`crate::downstream`] does the wrapping for every accepted connection and, for HTTP/1,
-//! waits for each head's first byte ([`HeaderDeadlineStream::wait_for_head`]) before Pingora
-//! builds a session for it.
+//! reads each head whole ([`HeaderDeadlineStream::wait_for_head`]) before Pingora builds a
+//! session for it; the next reads hand the buffered bytes to Pingora. A head that misses its
+//! deadline or its size bound, or whose client goes away halfway, therefore ends here, logged
+//! at debug: Pingora logs every head it fails to read at `error`, which would let any client
+//! without a key fill the gateway's error log.
 //!
 //! The size bound works the same way: Pingora reads a head of up to 1 MiB (fixed), so the
 //! bytes read from a head's first byte until the head is complete (`disarm`) are counted, and
@@ -39,6 +42,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::{Buf, BufMut, BytesMut};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, UniqueID, UniqueIDType,
     ALPN,
@@ -61,9 +65,9 @@ pub struct HeaderDeadlineStream {
     timer: Option<(u64, Pin<Box<Sleep>>)>,
     /// HTTP/2: preface bytes still to be read before the deadline lifts itself.
     h2_preface_left: usize,
-    /// HTTP/1: the next head's first byte, read by [`Self::wait_for_head`] and handed out by
-    /// the next read.
-    first_byte: Option<u8>,
+    /// HTTP/1: the next request's head (and whatever followed it in the same reads), read by
+    /// [`Self::wait_for_head`] and handed out by the next reads; empty (no allocation) otherwise.
+    head: BytesMut,
     /// Most bytes a request head may take (`usize::MAX`: no bound here).
     head_limit: usize,
     /// Bytes read since the current head's first byte, while `counting`.
@@ -77,6 +81,50 @@ pub struct HeaderDeadlineStream {
 /// Length of the HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE_LEN: usize = 24;
 
+/// How much more room [`HeaderDeadlineStream::wait_for_head`] makes for each read of a head.
+const HEAD_READ_SIZE: usize = 1024;
+
+/// Finds the end of an HTTP/1 request head, a byte at a time, each byte looked at once: the
+/// first empty line (`\r\n` or a bare `\n`, as Pingora's parser accepts) after the request
+/// line. Empty lines before the request line are skipped (RFC 9112 §2.2).
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes of the buffer already looked at.
+    seen: usize,
+    /// A byte other than CR or LF has been seen: the request line has begun.
+    started: bool,
+    /// The last byte ended a line (possibly followed by one CR).
+    at_line_start: bool,
+    /// A CR right after a line's end.
+    cr_after_line: bool,
+}
+
+impl HeadScan {
+    /// Looks at the bytes of `buf` after those already seen; whether the head is complete.
+    fn feed(&mut self, buf: &[u8]) -> bool {
+        while let Some(&b) = buf.get(self.seen) {
+            self.seen += 1;
+            if !self.started {
+                self.started = !matches!(b, b'\r' | b'\n');
+                continue;
+            }
+            match b {
+                b'\n' if self.at_line_start => return true,
+                b'\n' => {
+                    self.at_line_start = true;
+                    self.cr_after_line = false;
+                }
+                b'\r' if self.at_line_start && !self.cr_after_line => self.cr_after_line = true,
+                _ => {
+                    self.at_line_start = false;
+                    self.cr_after_line = false;
+                }
+            }
+        }
+        false
+    }
+}
+
 impl HeaderDeadlineStream {
     /// An HTTP/1 connection whose request heads may take at most `head_limit` bytes.
     pub fn new(inner: Stream, head_limit: usize) -> Self {
@@ -86,7 +134,7 @@ impl HeaderDeadlineStream {
             deadline: AtomicU64::new(0),
             timer: None,
             h2_preface_left: 0,
-            first_byte: None,
+            head: BytesMut::new(),
             head_limit,
             head_bytes: 0,
             counting: AtomicBool::new(false),
@@ -117,24 +165,41 @@ impl HeaderDeadlineStream {
         self.counting.store(false, Ordering::Release);
     }
 
-    /// Waits until the next request head's first byte has arrived (it stays to be read);
-    /// `false` when the client closed the connection. Bounded by the armed deadline.
+    /// Reads the next request head whole (it stays to be read); `false` when the client closed
+    /// the connection before sending anything. Bounded by the armed deadline and by the head
+    /// size limit (a 431 is written first, see the module docs); a client that closes halfway is
+    /// an `UnexpectedEof` error.
     ///
     /// Assumes Pingora holds no bytes of the next request when it hands a connection back:
     /// true while its HTTP/1 pipelining stays off (the default; with it on, a pipelined head
-    /// would wait here for a byte that was already read).
+    /// would wait here for bytes that were already read). Pipelined requests are therefore
+    /// answered one per connection: Pingora closes a connection once it has read past the end
+    /// of a request, and the client sends the rest again on a new one (RFC 9112 §9.3.2).
     pub async fn wait_for_head(&mut self) -> io::Result<bool> {
-        if self.first_byte.is_some() {
+        use tokio::io::AsyncReadExt as _;
+        if !self.head.is_empty() {
             return Ok(true);
         }
         self.head_bytes = 0;
         self.counting.store(true, Ordering::Release);
+        // A one-byte read while idle: an idle keep-alive connection holds no buffer.
         let mut byte = [0u8; 1];
-        let n = tokio::io::AsyncReadExt::read(self, &mut byte).await?;
-        if n == 0 {
+        if self.read(&mut byte).await? == 0 {
             return Ok(false);
         }
-        self.first_byte = Some(byte[0]);
+        let mut head = BytesMut::with_capacity(HEAD_READ_SIZE);
+        head.put_u8(byte[0]);
+        let mut scan = HeadScan::default();
+        while !scan.feed(&head) {
+            head.reserve(HEAD_READ_SIZE);
+            if self.read_buf(&mut head).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed the connection in the middle of a request head",
+                ));
+            }
+        }
+        self.head = head;
         Ok(true)
     }
 
@@ -173,6 +238,16 @@ impl AsyncRead for HeaderDeadlineStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.head.is_empty() {
+            // A head read whole by `wait_for_head`, already counted and within its deadline.
+            let n = buf.remaining().min(self.head.len());
+            buf.put_slice(&self.head[..n]);
+            self.head.advance(n);
+            if self.head.is_empty() {
+                self.head = BytesMut::new();
+            }
+            return Poll::Ready(Ok(()));
+        }
         if self.poll_deadline(cx).is_ready() {
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -191,19 +266,6 @@ impl AsyncRead for HeaderDeadlineStream {
                 io::ErrorKind::InvalidData,
                 "request head larger than limits.max_header_bytes",
             )));
-        }
-        if let Some(byte) = self.first_byte {
-            if buf.remaining() == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            buf.put_slice(&[byte]);
-            self.first_byte = None;
-            // Whatever else has arrived comes along; an error will show on the next read.
-            let before = buf.filled().len();
-            let _ = Pin::new(&mut self.inner).poll_read(cx, buf);
-            let read = buf.filled().len() - before;
-            self.head_bytes = self.head_bytes.saturating_add(read);
-            return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
@@ -337,6 +399,55 @@ impl GetSocketDigest for HeaderDeadlineStream {
 #[async_trait]
 impl Peek for HeaderDeadlineStream {
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        if !self.head.is_empty() {
+            let n = buf.len().min(self.head.len());
+            buf[..n].copy_from_slice(&self.head[..n]);
+            return Ok(true);
+        }
         self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `input` holds a complete head, fed whole and fed a byte at a time.
+    fn complete(input: &[u8]) -> bool {
+        let whole = HeadScan::default().feed(input);
+        let mut scan = HeadScan::default();
+        let bytewise = (1..=input.len()).any(|n| scan.feed(&input[..n]));
+        assert_eq!(whole, bytewise, "{:?}", String::from_utf8_lossy(input));
+        whole
+    }
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line() {
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"));
+        assert!(complete(b"GET / HTTP/1.0\r\n\r\n"));
+        assert!(complete(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(complete(b"GET / HTTP/1.1\r\nHost: a\n\r\n"));
+        assert!(complete(b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_unfinished_head_is_not_complete() {
+        assert!(!complete(b""));
+        assert!(!complete(b"\r\n\r\n\n"));
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\r\n\r"));
+        assert!(!complete(b"GET / HTTP/1.1\r\nHost: a\rb\r\n"));
+        assert!(!complete(b"GET / HTTP/1.1\r\nX: \r\r\n"));
+    }
+
+    #[test]
+    fn each_byte_is_looked_at_once() {
+        let mut scan = HeadScan::default();
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        assert!(!scan.feed(&head));
+        assert_eq!(scan.seen, head.len());
+        head.extend_from_slice(b"\r\n");
+        assert!(scan.feed(&head));
     }
 }
