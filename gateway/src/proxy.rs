@@ -314,8 +314,17 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        for name in hop_by_hop::fields(&upstream.headers, session.is_upgrade_req()) {
+        let upgrade = session.is_upgrade_req();
+        for name in hop_by_hop::fields(&upstream.headers, upgrade) {
             upstream.remove_header(&name);
+        }
+        if !upgrade {
+            // The inner stream ends with this exchange (Pingora 0.9.1 cannot reuse it; see
+            // `crate::connector`). Saying so lets Pingora shut it down at once instead of
+            // parking it in its pool, where the next request's reuse check fails on it (a
+            // `getpeername` and an idle-watch task per request, and "failed to acquire reusable
+            // stream" errors in the log when two requests race for it).
+            upstream.insert_header(http::header::CONNECTION, "close")?;
         }
         // The caller's credentials are for the gateway only: whatever `extract` would read as
         // a key does not go on.
