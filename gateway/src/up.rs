@@ -27,7 +27,9 @@ pub struct UpOptions {
     pub https: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
-    /// Lease the printed `expose` command registers.
+    /// The lease the gateway routes and the printed `expose` command registers. It is the
+    /// only lease this gateway serves (its responder key is pinned from this setup); for more,
+    /// run `postern-gateway` with a config that lists them.
     #[arg(long, default_value = "demo")]
     pub lease: String,
 }

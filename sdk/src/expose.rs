@@ -299,9 +299,22 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response<Body> {
+/// An RFC 9457 problem document for a failure on the origin's side of the agent. `detail` is
+/// one of this module's fixed strings; `request_id` is the caller's `X-Request-Id` (the
+/// gateway's), echoed when it is a plain token that needs no JSON escaping.
+fn problem(status: StatusCode, detail: &str, request_id: Option<&str>) -> Response<Body> {
+    let request_id = request_id
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        })
+        .map(|id| format!(",\"request_id\":\"{id}\""))
+        .unwrap_or_default();
     let body = format!(
-        "{{\"type\":\"https://postern.dev/problems/origin\",\"title\":\"{}\",\"status\":{},\"detail\":\"{detail}\"}}",
+        "{{\"type\":\"https://postern.dev/problems/origin\",\"title\":\"{}\",\"status\":{},\"detail\":\"{detail}\"{request_id}}}",
         status.canonical_reason().unwrap_or(""),
         status.as_u16()
     );
@@ -315,13 +328,19 @@ fn problem(status: StatusCode, detail: &str) -> Response<Body> {
 }
 
 async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Body> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let refuse = |status, detail| problem(status, detail, request_id.as_deref());
     let path = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
     let Ok(uri) = format!("http://{}{path}", fwd.authority).parse::<Uri>() else {
-        return problem(StatusCode::BAD_REQUEST, "request target");
+        return refuse(StatusCode::BAD_REQUEST, "request target");
     };
     // An HTTP/2 request carries its host in the URI; keep it as a Host header for HTTP/1.1.
     let original_host = req
@@ -349,9 +368,9 @@ async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Bo
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, origin = %fwd.authority, "origin request failed");
-                return problem(StatusCode::BAD_GATEWAY, "origin unreachable");
+                return refuse(StatusCode::BAD_GATEWAY, "origin unreachable");
             }
-            Err(_) => return problem(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
+            Err(_) => return refuse(StatusCode::GATEWAY_TIMEOUT, "origin timed out"),
         };
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     crate::hop_by_hop::strip(resp.headers_mut(), switching);
@@ -379,6 +398,33 @@ async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Bo
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    async fn problem_body(request_id: Option<&str>) -> String {
+        let resp = problem(StatusCode::BAD_GATEWAY, "origin unreachable", request_id);
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/problem+json"
+        );
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn problems_echo_a_plain_request_id_and_nothing_that_needs_escaping() {
+        let body = problem_body(Some("0af3-b9.c_d:e")).await;
+        assert!(
+            body.ends_with(",\"request_id\":\"0af3-b9.c_d:e\"}"),
+            "{body}"
+        );
+        for unsafe_id in [Some("a\"b"), Some("a\\b"), Some("a b"), Some(""), None] {
+            let body = problem_body(unsafe_id).await;
+            assert!(!body.contains("request_id"), "{body}");
+            assert!(
+                body.ends_with("\"detail\":\"origin unreachable\"}"),
+                "{body}"
+            );
+        }
+    }
 
     #[test]
     fn parses_targets() {

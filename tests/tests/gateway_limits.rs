@@ -226,11 +226,11 @@ async fn an_origin_that_is_down_gives_502() {
         )
         .await;
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-        let body = body_bytes(resp).await;
-        assert!(
-            String::from_utf8_lossy(&body).contains("\"status\":502"),
-            "{body:?}"
-        );
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let body = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+        assert!(body.contains("\"status\":502"), "{body}");
+        // The agent's problem names the request as the gateway's refusals do.
+        assert!(body.contains(&format!("\"request_id\":\"{id}\"")), "{body}");
     }
 }
 
