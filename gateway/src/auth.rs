@@ -120,12 +120,15 @@ pub fn generate(id_len: usize) -> Result<(String, String, String), argon2::passw
     Ok((key, id, phc))
 }
 
+/// The field that carries an API key when `Authorization` does not.
+pub const API_KEY_FIELD: &str = "x-api-key";
+
 /// The fields that carry the gateway credential, to be removed before a request goes to the
 /// origin: `X-API-Key` always, `Authorization` when it holds a Postern key (an origin's own
 /// `Authorization` stays).
 pub fn credential_fields(headers: &HeaderMap) -> impl Iterator<Item = &'static str> {
     let ours = authorization_is_ours(headers);
-    std::iter::once("x-api-key").chain(ours.then_some("authorization"))
+    std::iter::once(API_KEY_FIELD).chain(ours.then_some("authorization"))
 }
 
 /// Whether any `Authorization` field carries a Postern API key (`Bearer pst_…`, parsed as
@@ -250,7 +253,7 @@ impl KeyStore {
             }
         };
         let bearer = single(http::header::AUTHORIZATION.as_str())?.and_then(bearer_key);
-        match (bearer, single("x-api-key")?) {
+        match (bearer, single(API_KEY_FIELD)?) {
             (Some(a), Some(b)) if a != b => Err(AuthError::ConflictingHeaders),
             (a, b) => Ok(a.or(b)),
         }

@@ -25,13 +25,12 @@
 //! at debug: Pingora logs every head it fails to read at `error`, which would let any client
 //! without a key fill the gateway's error log.
 //!
-//! The size bound works the same way: Pingora reads a head of up to 1 MiB (fixed), so the
-//! bytes read from a head's first byte until the head is complete (`disarm`) are counted, and
-//! once they reach the limit the next read fails: Pingora only reads again while the head is
-//! incomplete. Pingora closes a connection whose head could not be read without answering, so
-//! the stream first writes a 431 problem itself, best effort (once, if the socket takes it at
-//! once). A head that arrives whole in one read is measured once parsed ([`crate::proxy`],
-//! 431). HTTP/2 heads are bounded by the h2 `max_header_list_size` setting.
+//! The size bound works the same way (Pingora's own is a fixed 1 MiB): the bytes read from a
+//! head's first byte until the head is complete (`disarm`) are counted, and once they reach
+//! the limit the next read fails, after writing a 431 problem, best effort (once, if the
+//! socket takes it at once). A head that arrives whole in one read is measured once parsed
+//! ([`crate::proxy`], 431). HTTP/2 heads are bounded by the h2 `max_header_list_size`
+//! setting.
 
 use std::future::Future;
 use std::io;

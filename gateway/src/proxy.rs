@@ -3,17 +3,19 @@
 //!
 //! 0. `early_request_filter`: the head is complete, the slowloris deadline is lifted
 //!    ([`crate::header_deadline`]); `logging` sets it again for the next request.
-//! 1. `request_filter`: request id → head size → client IP policy → health endpoints (not on lease hosts)
-//!    → authenticate (API key) → route (which lease) → authorize (lease ACL, scope, per-key
-//!    IPs) → lease exists → body limit → `Host` kept for the origin.
+//! 1. `request_filter`: request id → head size → `Host` present (HTTP/1.1) → client IP policy
+//!    → health endpoints (not on lease hosts) → authenticate (API key) → route (which lease) →
+//!    authorize (lease ACL, scope, per-key IPs) → lease exists → body limit → `Host` kept for
+//!    the origin.
 //!    Any refusal is answered here with an RFC 9457 problem and the request ends.
 //! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
 //!    E2EE session.
 //! 3. `upstream_request_filter`: hop-by-hop fields out ([`postern_sdk::hop_by_hop`]), forwarding
 //!    headers in; the caller's API key never leaves. The gateway is the edge, the first hop an
 //!    origin can trust: forwarding fields a client sent (`Forwarded`, `X-Forwarded-*`,
-//!    `X-Real-IP`) are replaced, never extended, so an origin reading `X-Forwarded-For` gets
-//!    the address the gateway saw, not one the client chose.
+//!    `X-Real-IP`, also spelled with `_`) are replaced, never extended, so an origin reading
+//!    `X-Forwarded-For` gets the address the gateway saw, not one the client chose. A request
+//!    that is not an upgrade asks the agent to close the inner stream after it.
 //! 4. `response_filter`: hop-by-hop fields out; the request id goes back to the caller.
 //! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
 
@@ -56,11 +58,14 @@ pub struct GatewayProxy {
     pub state: Arc<GatewayState>,
 }
 
+/// The field that names a request to the caller and to the origin.
+const REQUEST_ID_FIELD: &str = "x-request-id";
+
 fn request_id(session: &Session) -> String {
     session
         .req_header()
         .headers
-        .get("x-request-id")
+        .get(REQUEST_ID_FIELD)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
@@ -84,7 +89,7 @@ async fn respond(
     for (name, value) in problem.headers() {
         resp.insert_header(name, value)?;
     }
-    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    resp.insert_header(REQUEST_ID_FIELD, ctx.request_id.as_str())?;
     resp.set_content_length(body.len())?;
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await?;
@@ -350,7 +355,7 @@ impl ProxyHttp for GatewayProxy {
         if let Some(host) = &ctx.original_host {
             upstream.insert_header("x-forwarded-host", host.as_str())?;
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header(REQUEST_ID_FIELD, ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -364,7 +369,7 @@ impl ProxyHttp for GatewayProxy {
         for name in hop_by_hop::fields(&upstream.headers, upgrading) {
             upstream.remove_header(&name);
         }
-        upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        upstream.insert_header(REQUEST_ID_FIELD, ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -499,7 +504,7 @@ fn is_underscore_spelling_of_ours(name: &str) -> bool {
         return false;
     }
     let dashed = name.replace('_', "-");
-    is_forwarding_field(&dashed) || matches!(dashed.as_str(), "x-request-id" | "x-api-key")
+    is_forwarding_field(&dashed) || dashed == REQUEST_ID_FIELD || dashed == auth::API_KEY_FIELD
 }
 
 /// Whether an HTTP/1.1 request lacks the `Host` field that RFC 9112 §3.2 requires of it (the
