@@ -1,4 +1,5 @@
-//! The single error type of this crate.
+//! The single error type of this crate. It describes what went wrong and where; it never
+//! decides validity itself (that is the config types' `validate`).
 
 use std::path::PathBuf;
 
@@ -19,6 +20,15 @@ pub enum ConfigError {
     /// `limits.max_sessions` or `lease[1].name`.
     #[error("invalid `{field}`: {reason}")]
     Invalid { field: String, reason: String },
+    /// [`ConfigError::Invalid`] located in its text: `path` is the file (or origin) and `line`
+    /// the 1-based line where `field` — or its closest written parent — is.
+    #[error("{path}:{line}: invalid `{field}`: {reason}")]
+    InvalidAt {
+        path: String,
+        line: usize,
+        field: String,
+        reason: String,
+    },
 }
 
 impl ConfigError {
@@ -30,10 +40,19 @@ impl ConfigError {
         }
     }
 
-    /// The dotted field path of an [`ConfigError::Invalid`] error.
+    /// The dotted field path of an [`ConfigError::Invalid`] or [`ConfigError::InvalidAt`]
+    /// error.
     pub fn field(&self) -> Option<&str> {
         match self {
-            Self::Invalid { field, .. } => Some(field),
+            Self::Invalid { field, .. } | Self::InvalidAt { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The 1-based line of an [`ConfigError::InvalidAt`] error.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            Self::InvalidAt { line, .. } => Some(*line),
             _ => None,
         }
     }
@@ -51,5 +70,22 @@ mod tests {
             "invalid `limits.max_sessions`: must be greater than 0"
         );
         assert_eq!(e.field(), Some("limits.max_sessions"));
+        assert_eq!(e.line(), None);
+    }
+
+    #[test]
+    fn invalid_at_display_names_file_line_and_field() {
+        let e = ConfigError::InvalidAt {
+            path: "relay.toml".into(),
+            line: 7,
+            field: "limits.max_sessions".into(),
+            reason: "must be greater than 0".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "relay.toml:7: invalid `limits.max_sessions`: must be greater than 0"
+        );
+        assert_eq!(e.field(), Some("limits.max_sessions"));
+        assert_eq!(e.line(), Some(7));
     }
 }

@@ -4,9 +4,13 @@
 //! Parsing is strict: unknown fields are rejected, durations are humantime strings (`"10s"`,
 //! `"5m"`), and omitted sections take documented defaults. After parsing, the configuration is
 //! validated as a whole — ranges, cross-field constraints, keys, URLs, lease names — and the
-//! first problem is returned as [`ConfigError::Invalid`], whose `field` is the dotted TOML path
-//! of the offending value (`limits.max_sessions`, `lease[1].name`). Syntax and type errors come
+//! first problem is returned as [`ConfigError::InvalidAt`]: the file, the line ([`locate`]) and
+//! the dotted TOML path of the offending value (`limits.max_sessions`, `lease[1].name`), or as
+//! [`ConfigError::Invalid`] when nothing of that path is written. Syntax and type errors come
 //! back as [`ConfigError::Parse`] with the line, column and key from `toml`.
+//!
+//! [`ConfigWatcher`] tells a program when to look at its file again (file events and SIGHUP);
+//! it is kept apart from parsing, and applying a new configuration is the program's business.
 //!
 //! A commented example of each file lives in `config/examples/`.
 //!
@@ -17,7 +21,7 @@
 //!
 //! let text = format!("{key}[limits]\nmax_sessions = 0\n");
 //! let err = postern_config::parse_relay(&text, "inline").unwrap_err();
-//! assert_eq!(err.to_string(), "invalid `limits.max_sessions`: must be greater than 0");
+//! assert_eq!(err.to_string(), "inline:4: invalid `limits.max_sessions`: must be greater than 0");
 //! # Ok::<(), postern_config::ConfigError>(())
 //! ```
 
@@ -26,7 +30,9 @@ mod check;
 mod error;
 mod gateway;
 mod load;
+mod locate;
 mod relay;
+mod watch;
 
 pub use agent::{AgentConfig, AgentLimits, LeaseConfig, ReconnectConfig};
 pub use error::ConfigError;
@@ -35,7 +41,12 @@ pub use gateway::{
     GatewayListen, IpPolicy, Scope, TlsCert,
 };
 pub use load::{load_agent, load_relay, parse_agent, parse_relay};
-pub use relay::{ControlPlane, RelayConfig, RelayLimits, RelayListen, RelayTimeouts, TlsFiles};
+pub use locate::locate;
+pub use relay::{
+    ControlPlane, RelayConfig, RelayLimits, RelayListen, RelayMetricsConfig, RelayTimeouts,
+    TlsFiles,
+};
+pub use watch::{ConfigWatcher, ReloadTrigger, WatchError};
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]

@@ -1,4 +1,8 @@
 //! Reading, parsing and validating configuration files.
+//!
+//! Owns the path from text to a validated value: read, parse (`toml`), validate (the type's own
+//! rules), and locate a validation error in the text ([`crate::locate`]). It never watches files
+//! (that is [`crate::watch`]) and never applies a configuration to a running program.
 
 use std::path::Path;
 
@@ -11,23 +15,54 @@ pub fn load_relay(path: &Path) -> Result<RelayConfig, ConfigError> {
     parse_relay(&read(path)?, &path.display().to_string())
 }
 
-/// Reads, parses and validates an agent configuration file.
+/// Reads, parses and validates an agent configuration file. A validation error is
+/// [`ConfigError::InvalidAt`] (file and line) when its field can be located.
 pub fn load_agent(path: &Path) -> Result<AgentConfig, ConfigError> {
-    parse_agent(&read(path)?, &path.display().to_string())
+    parse_validated(
+        &read(path)?,
+        &path.display().to_string(),
+        AgentConfig::validate,
+    )
 }
 
-/// Parses and validates relay configuration text; `origin` names it in errors.
+/// Parses and validates relay configuration text; `origin` names it in errors, and a
+/// validation error is [`ConfigError::InvalidAt`] when its field can be located.
 pub fn parse_relay(text: &str, origin: &str) -> Result<RelayConfig, ConfigError> {
-    let config: RelayConfig = parse(text, origin)?;
-    config.validate()?;
-    Ok(config)
+    parse_validated(text, origin, RelayConfig::validate)
 }
 
 /// Parses and validates agent configuration text; `origin` names it in errors.
+///
+/// Validation errors stay [`ConfigError::Invalid`] (no line) here for now: the agent's unit
+/// tests match on that variant. [`load_agent`], which the `postern` command uses, locates them.
 pub fn parse_agent(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
     let config: AgentConfig = parse(text, origin)?;
     config.validate()?;
     Ok(config)
+}
+
+/// Parses `text` into `T` and runs `validate` on it. A [`ConfigError::Invalid`] from
+/// `validate` becomes [`ConfigError::InvalidAt`] naming `origin` and the line of the field (or
+/// of its closest written parent); if nothing of the path is written, it stays `Invalid`.
+pub(crate) fn parse_validated<T: DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    validate: impl FnOnce(&T) -> Result<(), ConfigError>,
+) -> Result<T, ConfigError> {
+    let config: T = parse(text, origin)?;
+    match validate(&config) {
+        Ok(()) => Ok(config),
+        Err(ConfigError::Invalid { field, reason }) => match crate::locate::locate(text, &field) {
+            Some(line) => Err(ConfigError::InvalidAt {
+                path: origin.to_owned(),
+                line,
+                field,
+                reason,
+            }),
+            None => Err(ConfigError::Invalid { field, reason }),
+        },
+        Err(other) => Err(other),
+    }
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, ConfigError> {
@@ -68,6 +103,36 @@ mod tests {
             Err(ConfigError::Io { path: p, .. }) => assert_eq!(p, path),
             other => panic!("expected Io, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn validation_errors_carry_origin_and_line() {
+        let key = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let text =
+            format!("[control_plane]\npublic_keys = [\"{key}\"]\n\n[limits]\nmax_sessions = 0\n");
+        let err = parse_relay(&text, "relay.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "relay.toml:5: invalid `limits.max_sessions`: must be greater than 0"
+        );
+        assert_eq!(err.field(), Some("limits.max_sessions"));
+
+        // Nothing of `control_plane.public_keys` is written: no line to give.
+        let err = parse_relay("", "relay.toml").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(
+            b"relays = [\"http://nope\"]\nidentity_key_file = \"k\"\ngrant_file = \"g\"\n",
+        )
+        .unwrap();
+        let err = load_agent(file.path()).unwrap_err();
+        assert_eq!(err.line(), Some(1), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}:1: invalid `relays[0]`", file.path().display())),
+            "{err}"
+        );
     }
 
     #[test]

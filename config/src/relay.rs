@@ -1,4 +1,5 @@
-//! Configuration of the relay (`postern-relay`).
+//! Configuration of the relay (`postern-relay`): its types, defaults and validation rules.
+//! Nothing here reads files, watches them or applies a configuration to a running relay.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -26,6 +27,8 @@ pub struct RelayConfig {
     pub limits: RelayLimits,
     #[serde(default)]
     pub timeouts: RelayTimeouts,
+    #[serde(default)]
+    pub metrics: RelayMetricsConfig,
     /// Dialers must present a grant from the control plane to connect to a lease.
     #[serde(default = "yes")]
     pub require_dial_grant: bool,
@@ -49,6 +52,29 @@ impl Default for RelayListen {
         Self {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 7000)),
             tls: None,
+        }
+    }
+}
+
+/// The Prometheus listener (`GET /metrics`), separate from the tunnel listener so it can stay
+/// on loopback or a private network.
+///
+/// A file that omits the section gets `127.0.0.1:9465`; [`RelayConfig::with_control_plane_keys`]
+/// (programmatic configs: tests, `postern up`, `--dev`) gets `127.0.0.1:0`, an ephemeral port,
+/// so any number of relays can run in one process. A configured listener that cannot be bound
+/// is an error at start-up; set `enabled = false` for none.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RelayMetricsConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for RelayMetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9465)),
         }
     }
 }
@@ -206,15 +232,37 @@ impl RelayTimeouts {
 }
 
 impl RelayConfig {
-    /// Defaults everywhere, with the given control-plane keys (standard base64).
+    /// Defaults everywhere, with the given control-plane keys (standard base64), except that
+    /// the metrics listener takes an ephemeral port (`127.0.0.1:0`, see
+    /// [`RelayMetricsConfig`]).
     pub fn with_control_plane_keys(keys: Vec<String>) -> Self {
         Self {
             listen: RelayListen::default(),
             control_plane: ControlPlane { public_keys: keys },
             limits: RelayLimits::default(),
             timeouts: RelayTimeouts::default(),
+            metrics: RelayMetricsConfig {
+                enabled: true,
+                listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            },
             require_dial_grant: true,
         }
+    }
+
+    /// The settings a running relay cannot change without a restart (it holds sockets and TLS
+    /// material made from them) that differ between `self` and `next`, by TOML path.
+    pub fn restart_needed(&self, next: &RelayConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.listen.addr != next.listen.addr {
+            changed.push("listen.addr");
+        }
+        if self.listen.tls != next.listen.tls {
+            changed.push("listen.tls");
+        }
+        if self.metrics != next.metrics {
+            changed.push("metrics");
+        }
+        changed
     }
 
     /// Checks the whole configuration; returns the first problem found.
@@ -261,7 +309,12 @@ mod tests {
     fn defaults() {
         let cfg = parse("").unwrap();
         let key = STANDARD.encode([7u8; 32]);
-        assert_eq!(cfg, RelayConfig::with_control_plane_keys(vec![key]));
+        let mut programmatic = RelayConfig::with_control_plane_keys(vec![key]);
+        assert_eq!(programmatic.metrics.listen.port(), 0, "ephemeral in code");
+        programmatic.metrics = RelayMetricsConfig::default();
+        assert_eq!(cfg, programmatic);
+        assert_eq!(cfg.metrics.listen, "127.0.0.1:9465".parse().unwrap());
+        assert!(cfg.metrics.enabled);
         assert_eq!(cfg.listen.addr, "127.0.0.1:7000".parse().unwrap());
         assert!(cfg.require_dial_grant);
         assert_eq!(cfg.limits.max_sessions, 10_000);
@@ -329,6 +382,34 @@ mod tests {
         cfg.control_plane.public_keys.push(short);
         let err = cfg.validate().unwrap_err();
         assert_eq!(err.field(), Some("control_plane.public_keys[1]"));
+    }
+
+    #[test]
+    fn metrics_section_parses() {
+        let cfg = parse("[metrics]\nlisten = \"0.0.0.0:9100\"").unwrap();
+        assert_eq!(cfg.metrics.listen, "0.0.0.0:9100".parse().unwrap());
+        assert!(cfg.metrics.enabled);
+        assert!(!parse("[metrics]\nenabled = false").unwrap().metrics.enabled);
+    }
+
+    #[test]
+    fn restart_needed_names_listeners_and_tls_only() {
+        let a = parse("").unwrap();
+        let mut b = a.clone();
+        b.limits.max_sessions = 1;
+        b.timeouts.hello = Duration::from_secs(1);
+        b.control_plane.public_keys.push(STANDARD.encode([8u8; 32]));
+        assert!(a.restart_needed(&b).is_empty());
+        b.listen.addr = "127.0.0.1:7001".parse().unwrap();
+        b.listen.tls = Some(TlsFiles {
+            cert: "c".into(),
+            key: "k".into(),
+        });
+        b.metrics.enabled = false;
+        assert_eq!(
+            a.restart_needed(&b),
+            vec!["listen.addr", "listen.tls", "metrics"]
+        );
     }
 
     #[test]
