@@ -8,6 +8,8 @@
 //! * `postern pubkey --key FILE` — print an identity's public keys.
 //! * `postern grant mint …` — development helper: sign a lease grant with a control-plane key.
 
+mod up;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,7 +39,7 @@ struct Cli {
 enum Command {
     /// Relay and gateway in one process: generated keys, a self-signed certificate and an API
     /// key in a data directory; prints a working `postern expose` and `curl` line.
-    Up(postern_gateway::up::UpOptions),
+    Up(up::UpOptions),
     /// Hold a lease on a relay and forward its streams to a local service.
     Expose(ExposeArgs),
     /// Hold every lease of an agent config file (see config/examples/agent.toml).
@@ -138,7 +140,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Up(opts) => Ok(postern_gateway::up::run(opts).await?),
+        Command::Up(opts) => Ok(up::run(opts).await?),
         Command::Expose(args) => expose_cmd(args).await,
         Command::Agent { config } => agent_cmd(&config).await,
         Command::Keygen { out } => {

@@ -52,6 +52,263 @@ pub struct GatewayConfig {
     pub ip: IpPolicy,
     #[serde(default)]
     pub limits: GatewayLimits,
+    /// `[rate_limit]`: request budgets (global, per key, per lease, per client IP).
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    /// `[breaker]`: the per-lease circuit breaker's defaults.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+    /// `[metrics]`: the Prometheus listener.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// A request budget: `requests` per `per`, with bursts of up to `burst` (GCRA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub per: Duration,
+    /// Requests that may arrive at once; `requests` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+impl Rate {
+    /// The burst size (at least 1).
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.requests).max(1)
+    }
+
+    /// The GCRA emission interval: the time one request's budget takes to come back.
+    pub fn emission(&self) -> Duration {
+        self.per / self.requests.max(1)
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        ensure(
+            self.requests > 0,
+            &format!("{at}.requests"),
+            "must be greater than 0",
+        )?;
+        ensure(
+            !self.per.is_zero() && self.per <= Duration::from_secs(24 * 3600),
+            &format!("{at}.per"),
+            "must be between 1ns and 24h",
+        )?;
+        ensure(
+            !self.emission().is_zero(),
+            &format!("{at}.per"),
+            "is too short for this many requests",
+        )?;
+        ensure(
+            self.burst.is_none_or(|b| b > 0),
+            &format!("{at}.burst"),
+            "must be greater than 0",
+        )
+    }
+}
+
+/// Where rate-limit decisions are made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// In this process: each gateway has its own budget.
+    #[default]
+    Local,
+    /// In Redis: every gateway on one Redis shares one budget; while Redis is unreachable,
+    /// each gateway decides locally with the same rates.
+    Redis,
+}
+
+/// `[rate_limit]`. Every budget is optional; none is set by default.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub backend: RateLimitBackend,
+    /// `redis://host:port/db` (or `rediss://`); required with `backend = "redis"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+    /// Longest a decision waits for Redis before deciding locally.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    /// After a Redis failure, how long decisions stay local before Redis is tried again.
+    #[serde(with = "humantime_serde")]
+    pub redis_retry_interval: Duration,
+    /// All requests through this gateway (or, with Redis, all gateways).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub global: Option<Rate>,
+    /// Each API key; `[[api_key]] rate_limit` overrides it for one key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_key: Option<Rate>,
+    /// Each lease; `[[lease]] rate_limit` overrides it for one lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_lease: Option<Rate>,
+    /// Each client IP (IPv6: each /64), for requests without a valid key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_ip: Option<Rate>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            backend: RateLimitBackend::Local,
+            redis_url: None,
+            redis_timeout: Duration::from_millis(50),
+            redis_retry_interval: Duration::from_secs(1),
+            global: None,
+            per_key: None,
+            per_lease: None,
+            per_ip: None,
+        }
+    }
+}
+
+impl RateLimitConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if self.backend == RateLimitBackend::Redis {
+            let url = self.redis_url.as_deref().unwrap_or_default();
+            ensure(
+                url.starts_with("redis://") || url.starts_with("rediss://"),
+                &format!("{at}.redis_url"),
+                "backend = \"redis\" needs a redis:// or rediss:// URL",
+            )?;
+        }
+        all_nonzero(
+            at,
+            &[
+                ("redis_timeout", self.redis_timeout),
+                ("redis_retry_interval", self.redis_retry_interval),
+            ],
+        )?;
+        let rates = [
+            ("global", &self.global),
+            ("per_key", &self.per_key),
+            ("per_lease", &self.per_lease),
+            ("per_ip", &self.per_ip),
+        ];
+        for (name, rate) in rates {
+            if let Some(rate) = rate {
+                rate.validate(&format!("{at}.{name}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[breaker]`: when a lease's circuit opens, and how it closes again.
+///
+/// Closed: requests flow; the breaker opens after `consecutive_failures` failures in a row, or
+/// when at least `min_requests` requests in the last `window` failed at `failure_ratio` or
+/// more. Open: requests are refused (503) for `open_for`, without touching the tunnel.
+/// Half-open: up to `half_open_probes` requests go through; a success closes the breaker, a
+/// failure opens it again. Failures are tunnel connect errors, upstream timeouts, and the
+/// agent's origin-down answers (502, 504).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    pub consecutive_failures: u32,
+    pub failure_ratio: f64,
+    pub min_requests: u32,
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            consecutive_failures: 5,
+            failure_ratio: 0.5,
+            min_requests: 20,
+            window: Duration::from_secs(30),
+            open_for: Duration::from_secs(10),
+            half_open_probes: 1,
+        }
+    }
+}
+
+impl BreakerConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        ensure(
+            self.consecutive_failures > 0,
+            &format!("{at}.consecutive_failures"),
+            "must be greater than 0",
+        )?;
+        ensure(
+            self.failure_ratio > 0.0 && self.failure_ratio <= 1.0,
+            &format!("{at}.failure_ratio"),
+            "must be in (0, 1]",
+        )?;
+        ensure(
+            self.min_requests > 0,
+            &format!("{at}.min_requests"),
+            "must be greater than 0",
+        )?;
+        ensure(
+            self.half_open_probes > 0,
+            &format!("{at}.half_open_probes"),
+            "must be greater than 0",
+        )?;
+        all_nonzero(at, &[("window", self.window), ("open_for", self.open_for)])
+    }
+
+    /// These settings with a lease's overrides applied.
+    pub fn with(&self, o: &BreakerOverride) -> Self {
+        Self {
+            enabled: o.enabled.unwrap_or(self.enabled),
+            consecutive_failures: o.consecutive_failures.unwrap_or(self.consecutive_failures),
+            failure_ratio: o.failure_ratio.unwrap_or(self.failure_ratio),
+            min_requests: o.min_requests.unwrap_or(self.min_requests),
+            window: o.window.unwrap_or(self.window),
+            open_for: o.open_for.unwrap_or(self.open_for),
+            half_open_probes: o.half_open_probes.unwrap_or(self.half_open_probes),
+        }
+    }
+}
+
+/// `[lease.breaker]`: a lease's own breaker settings; what is omitted comes from `[breaker]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerOverride {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+    #[serde(with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+}
+
+/// `[metrics]`: Prometheus text format at `GET /metrics` on a listener of its own.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback by default; absent (`listen` removed) or an empty table keeps the default.
+    /// Set `enabled = false` for no listener.
+    pub listen: SocketAddr,
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            enabled: true,
+        }
+    }
 }
 
 /// The downstream listeners.
@@ -86,6 +343,36 @@ pub struct GatewayLease {
     pub owner_identity: String,
     #[serde(default)]
     pub alpn: Vec<String>,
+    /// This lease's budget, in place of `[rate_limit] per_lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
+    /// This lease's breaker settings over `[breaker]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerOverride>,
+    /// In place of `limits.upstream_connect_timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// In place of `limits.upstream_head_timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub head_timeout: Option<Duration>,
+    /// In place of `limits.upstream_idle_timeout`.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// In place of `limits.max_in_flight_per_lease`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl GatewayLease {
@@ -126,6 +413,9 @@ pub struct ApiKeyConfig {
     pub allow_ips: Vec<IpNet>,
     #[serde(default)]
     pub deny_ips: Vec<IpNet>,
+    /// This key's budget, in place of `[rate_limit] per_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<Rate>,
 }
 
 fn write_scope() -> Vec<Scope> {
@@ -183,6 +473,23 @@ pub struct GatewayLimits {
     /// streams included) before the gateway exits; idle keep-alive connections close at once.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Client connections open at once from one IP (IPv6: one /64); more are closed at accept.
+    pub max_connections_per_ip: usize,
+    /// Most fields a request head may carry (431 past it). The agent allows this many plus
+    /// the few the gateway adds, so that what the gateway accepts the agent accepts too.
+    pub max_header_count: usize,
+    /// argon2 key checks running at once, across all keys (each takes about 19 MiB while it
+    /// runs): the ceiling on the memory that wrong-secret guesses can make the gateway use.
+    pub max_concurrent_key_checks: usize,
+    /// Time from the request's last byte sent to the lease until the first byte of its
+    /// response head, then 504.
+    #[serde(with = "humantime_serde")]
+    pub upstream_head_timeout: Duration,
+    /// Requests in flight to one lease at once (streams included).
+    pub max_in_flight_per_lease: usize,
+    /// How long a request waits for one of those slots, then 503.
+    #[serde(with = "humantime_serde")]
+    pub in_flight_queue_timeout: Duration,
 }
 
 impl Default for GatewayLimits {
@@ -201,6 +508,12 @@ impl Default for GatewayLimits {
             keepalive_timeout: Duration::from_secs(60),
             client_read_buffer_bytes: 0,
             shutdown_grace: Duration::from_secs(30),
+            max_connections_per_ip: 256,
+            max_header_count: 100,
+            max_concurrent_key_checks: 2,
+            upstream_head_timeout: Duration::from_secs(30),
+            max_in_flight_per_lease: 1_000,
+            in_flight_queue_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -212,9 +525,7 @@ pub fn load_gateway(path: &Path) -> Result<GatewayConfig, ConfigError> {
 
 /// Parses and validates gateway configuration text; `origin` names it in errors.
 pub fn parse_gateway(text: &str, origin: &str) -> Result<GatewayConfig, ConfigError> {
-    let config: GatewayConfig = crate::load::parse(text, origin)?;
-    config.validate()?;
-    Ok(config)
+    crate::load::parse_validated(text, origin, GatewayConfig::validate)
 }
 
 impl GatewayConfig {
@@ -241,7 +552,41 @@ impl GatewayConfig {
             key.validate(&at)?;
             ensure(ids.insert(&key.id), &format!("{at}.id"), "duplicate key id")?;
         }
-        self.limits.validate("limits")
+        self.limits.validate("limits")?;
+        self.rate_limit.validate("rate_limit")?;
+        self.breaker.validate("breaker")?;
+        for (i, lease) in self.leases.iter().enumerate() {
+            let at = format!("lease[{i}]");
+            if let Some(rate) = &lease.rate_limit {
+                rate.validate(&format!("{at}.rate_limit"))?;
+            }
+            if let Some(o) = &lease.breaker {
+                self.breaker.with(o).validate(&format!("{at}.breaker"))?;
+            }
+            let timeouts = [
+                ("connect_timeout", lease.connect_timeout),
+                ("head_timeout", lease.head_timeout),
+                ("idle_timeout", lease.idle_timeout),
+            ];
+            for (name, value) in timeouts {
+                ensure(
+                    value.is_none_or(|d| !d.is_zero()),
+                    &format!("{at}.{name}"),
+                    "must be greater than 0",
+                )?;
+            }
+            ensure(
+                lease.max_in_flight.is_none_or(|n| n > 0),
+                &format!("{at}.max_in_flight"),
+                "must be greater than 0",
+            )?;
+        }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            if let Some(rate) = &key.rate_limit {
+                rate.validate(&format!("api_key[{i}].rate_limit"))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -358,6 +703,10 @@ impl GatewayLimits {
                 ("max_connections", self.max_connections),
                 ("max_header_bytes", self.max_header_bytes),
                 ("key_cache_max_entries", self.key_cache_max_entries),
+                ("max_connections_per_ip", self.max_connections_per_ip),
+                ("max_header_count", self.max_header_count),
+                ("max_concurrent_key_checks", self.max_concurrent_key_checks),
+                ("max_in_flight_per_lease", self.max_in_flight_per_lease),
             ],
         )?;
         ensure(
@@ -380,6 +729,8 @@ impl GatewayLimits {
                 ("request_header_timeout", self.request_header_timeout),
                 ("shutdown_grace", self.shutdown_grace),
                 ("keepalive_timeout", self.keepalive_timeout),
+                ("upstream_head_timeout", self.upstream_head_timeout),
+                ("in_flight_queue_timeout", self.in_flight_queue_timeout),
             ],
         )
     }
@@ -445,7 +796,9 @@ mod tests {
 
     fn field(extra: &str) -> String {
         match parse(extra) {
-            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(e @ (ConfigError::Invalid { .. } | ConfigError::InvalidAt { .. })) => {
+                e.field().unwrap_or_default().to_owned()
+            }
             other => panic!("expected Invalid for {extra:?}, got {other:?}"),
         }
     }

@@ -37,8 +37,9 @@ mod watch;
 pub use agent::{AgentConfig, AgentLimits, LeaseConfig, ReconnectConfig};
 pub use error::ConfigError;
 pub use gateway::{
-    load_gateway, parse_gateway, ApiKeyConfig, GatewayConfig, GatewayLease, GatewayLimits,
-    GatewayListen, IpPolicy, Scope, TlsCert,
+    load_gateway, parse_gateway, ApiKeyConfig, BreakerConfig, BreakerOverride, GatewayConfig,
+    GatewayLease, GatewayLimits, GatewayListen, IpPolicy, MetricsConfig, Rate, RateLimitBackend,
+    RateLimitConfig, Scope, TlsCert,
 };
 pub use load::{load_agent, load_relay, parse_agent, parse_relay};
 pub use locate::locate;

@@ -6,14 +6,19 @@
 //! 2. the key's own IP lists, in the same way (deny wins, a non-empty allow must match);
 //! 3. the key's lease globs (`*` matches any run of characters);
 //! 4. the key's scopes: `read` permits `GET`, `HEAD` and `OPTIONS`; `write` permits every method
-//!    and protocol upgrades (a WebSocket opened with a `GET` carries data both ways).
+//!    and protocol upgrades (a WebSocket opened with a `GET` carries data both ways). A request
+//!    that asks for another method in any spelling an origin framework honours — the
+//!    `X-HTTP-Method-Override`, `X-HTTP-Method` or `X-Method-Override` field (any case, `_` for
+//!    `-`), or a `_method` query parameter — is a write unless every method it names is a read:
+//!    Rails, Express (`method-override`), Laravel and Symfony origins turn such a `GET` or
+//!    `POST` into a `DELETE`.
 //!
 //! Every refusal here is a 403; this module never decides 401 or 404. IPv4-mapped IPv6
 //! addresses (`::ffff:a.b.c.d`, from dual-stack listeners) are compared as IPv4.
 
 use std::net::IpAddr;
 
-use http::Method;
+use http::{HeaderMap, Method};
 use ipnet::IpNet;
 use postern_config::{IpPolicy, Scope};
 use postern_sdk::lease_name::pattern_matches;
@@ -42,13 +47,66 @@ pub enum Access {
 
 impl Access {
     pub fn of(method: &Method, upgrade: bool) -> Self {
-        let reading = [Method::GET, Method::HEAD, Method::OPTIONS].contains(method);
-        if reading && !upgrade {
+        if is_read(method) && !upgrade {
             Access::Read
         } else {
             Access::Write
         }
     }
+
+    /// The access a whole request asks for: its method, upgrade, and any method override it
+    /// carries (module docs).
+    pub fn of_request(
+        method: &Method,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        upgrade: bool,
+    ) -> Self {
+        let access = Self::of(method, upgrade);
+        if access == Access::Write {
+            return access;
+        }
+        let field_overrides = headers
+            .iter()
+            .filter(|(name, _)| is_method_override_field(name.as_str()))
+            .map(|(_, value)| value.to_str().ok());
+        let query_overrides = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter_map(|pair| {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                let name = name.to_ascii_lowercase();
+                (name == "_method" || name == "%5fmethod").then_some(Some(value))
+            });
+        let writes = field_overrides
+            .chain(query_overrides)
+            .any(|value| !value.is_some_and(names_only_reads));
+        if writes {
+            Access::Write
+        } else {
+            Access::Read
+        }
+    }
+}
+
+fn is_read(method: &Method) -> bool {
+    [Method::GET, Method::HEAD, Method::OPTIONS].contains(method)
+}
+
+/// Whether a field (lowercase, as `http` stores names) asks the origin for another method.
+fn is_method_override_field(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    matches!(
+        dashed.as_str(),
+        "x-http-method-override" | "x-http-method" | "x-method-override"
+    )
+}
+
+/// Whether an override value names only read methods (a list, as some frameworks accept).
+fn names_only_reads(value: &str) -> bool {
+    value.split(',').all(|m| {
+        Method::from_bytes(m.trim().to_ascii_uppercase().as_bytes()).is_ok_and(|m| is_read(&m))
+    })
 }
 
 /// Checks a verified key against a request.
@@ -98,6 +156,68 @@ mod tests {
         list.iter().map(|n| n.parse().unwrap()).collect()
     }
 
+    #[test]
+    fn a_method_override_in_any_spelling_is_a_write() {
+        let get = Method::GET;
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            Access::of_request(&get, &headers, None, false),
+            Access::Read
+        );
+        for name in [
+            "x-http-method-override",
+            "x-http-method",
+            "x-method-override",
+            "x_http_method_override",
+        ] {
+            for value in [
+                "DELETE",
+                "delete",
+                " Put ",
+                "GET, DELETE",
+                "",
+                "NOT A METHOD",
+            ] {
+                let mut h = HeaderMap::new();
+                h.insert(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(value).unwrap(),
+                );
+                assert_eq!(
+                    Access::of_request(&get, &h, None, false),
+                    Access::Write,
+                    "{name}: {value:?}"
+                );
+            }
+        }
+        headers.insert("x-http-method-override", "HEAD".parse().unwrap());
+        assert_eq!(
+            Access::of_request(&get, &headers, None, false),
+            Access::Read
+        );
+        let h = HeaderMap::new();
+        for query in [
+            "_method=DELETE",
+            "a=1&_METHOD=put",
+            "%5Fmethod=patch",
+            "_method",
+        ] {
+            assert_eq!(
+                Access::of_request(&get, &h, Some(query), false),
+                Access::Write,
+                "{query}"
+            );
+        }
+        assert_eq!(
+            Access::of_request(&get, &h, Some("method=DELETE&x_method=1"), false),
+            Access::Read
+        );
+        assert_eq!(
+            Access::of_request(&Method::POST, &h, None, false),
+            Access::Write
+        );
+    }
+
     fn key(leases: &[&str], scopes: &[Scope]) -> ApiKey {
         ApiKey {
             id: "abcd1234".into(),
@@ -107,6 +227,7 @@ mod tests {
             allow_ips: vec![],
             deny_ips: vec![],
             expires_at: None,
+            rate_limit: None,
         }
     }
 

@@ -19,13 +19,21 @@
 //!   the same key id, then answers 503: a queue of guesses at one id cannot hold legitimate
 //!   callers of that key indefinitely.
 //!
-//! The secret is never logged: [`KeyStore`] has a hand-written `Debug`, and errors name no key.
+//! * at most `limits.max_concurrent_key_checks` argon2 runs happen at once across all keys
+//!   (each holds about 19 MiB while it runs), so guesses cannot grow the gateway's memory
+//!   past a stated ceiling; a run waits for a slot at most `key_verify_timeout` (then 503).
+//!
+//! The keys themselves ([`KeyTable`]) belong to the snapshot and are rebuilt on reload; the
+//! cache, the quota and the argon2 slots ([`KeyVerifier`]) belong to the runtime. A cache entry
+//! is tied to the stored hash it was verified against, so a rotated secret misses at once.
+//!
+//! The secret is never logged: both types have hand-written `Debug`s, and errors name no key.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
@@ -33,11 +41,12 @@ use argon2::{Argon2, PasswordVerifier};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
-use postern_config::{ApiKeyConfig, GatewayLimits, Scope};
+use postern_config::{ApiKeyConfig, GatewayLimits, Rate, Scope};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::client_ip;
 use crate::problem::Problem;
 
 const PREFIX: &str = "pst_";
@@ -62,11 +71,15 @@ pub struct ApiKey {
     pub deny_ips: Vec<IpNet>,
     /// Unix seconds.
     pub expires_at: Option<u64>,
+    /// This key's own budget, in place of `[rate_limit] per_key`.
+    pub rate_limit: Option<Rate>,
 }
 
 /// Why a request was not authenticated.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    #[error("no API key")]
+    Missing,
     #[error("Authorization and X-API-Key carry different keys")]
     ConflictingHeaders,
     #[error("malformed API key")]
@@ -86,6 +99,21 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// The `reason` label of `postern_auth_failures_total` (a fixed set).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::ConflictingHeaders => "conflicting",
+            Self::Malformed => "malformed",
+            Self::UnknownKey => "unknown_key",
+            Self::Expired => "expired",
+            Self::WrongSecret => "wrong_secret",
+            Self::TooManyFailures { .. } => "too_many_failures",
+            Self::Busy => "busy",
+            Self::Internal => "internal",
+        }
+    }
+
     /// The response: 401 for every key problem, 429 when rate limited, 503 when the gateway
     /// could not decide (not the caller's fault, and not counted against it).
     pub fn problem(&self) -> Problem {
@@ -132,7 +160,7 @@ pub fn credential_fields(headers: &HeaderMap) -> impl Iterator<Item = &'static s
 }
 
 /// Whether any `Authorization` field carries a Postern API key (`Bearer pst_…`, parsed as
-/// [`KeyStore::extract`] parses it).
+/// [`KeyTable::extract`] parses it).
 fn authorization_is_ours(headers: &HeaderMap) -> bool {
     headers
         .get_all(http::header::AUTHORIZATION)
@@ -167,38 +195,25 @@ struct StoredKey {
     verifying: tokio::sync::Mutex<()>,
 }
 
-struct CacheEntry {
-    digest: [u8; 32],
-    last_used: Instant,
-}
-
-/// The configured keys, the verified-key cache, and the per-IP failure limiter.
-pub struct KeyStore {
+/// The configured keys by id, as resolved into one snapshot: what a key may do and its hash.
+/// Rebuilt on every reload; the verifier's cache is checked against the hash found here.
+#[derive(Default)]
+pub struct KeyTable {
     keys: HashMap<String, StoredKey>,
-    cache: Mutex<HashMap<String, CacheEntry>>,
-    cache_ttl: Duration,
-    /// Longest wait for another request's argon2 run of the same key id.
-    verify_timeout: Duration,
-    cache_max: usize,
-    argon2_verifications: AtomicU64,
-    failures: DefaultKeyedRateLimiter<IpAddr>,
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
-    failures_seen: AtomicU64,
 }
 
-impl std::fmt::Debug for KeyStore {
+impl std::fmt::Debug for KeyTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyStore")
+        f.debug_struct("KeyTable")
             .field("keys", &self.keys.len())
-            .field("argon2_verifications", &self.argon2_verifications())
             .finish_non_exhaustive()
     }
 }
 
-impl KeyStore {
+impl KeyTable {
     /// Resolves the configured keys (validated by `postern_config`). A hash argon2 still cannot
     /// parse is logged, and that key is refused without argon2 work.
-    pub fn new(configs: &[ApiKeyConfig], limits: &GatewayLimits) -> Self {
+    pub fn new(configs: &[ApiKeyConfig]) -> Self {
         let mut keys = HashMap::with_capacity(configs.len());
         for c in configs {
             if PasswordHash::new(&c.hash).is_err() {
@@ -213,6 +228,7 @@ impl KeyStore {
                 allow_ips: c.allow_ips.clone(),
                 deny_ips: c.deny_ips.clone(),
                 expires_at: c.expires_at,
+                rate_limit: c.rate_limit,
             };
             let stored = StoredKey {
                 key: Arc::new(key),
@@ -221,19 +237,20 @@ impl KeyStore {
             };
             keys.insert(c.id.clone(), stored);
         }
-        let per_minute =
-            NonZeroU32::new(limits.failed_auth_per_ip_per_minute).unwrap_or(NonZeroU32::MIN);
-        Self {
-            keys,
-            cache: Mutex::new(HashMap::new()),
-            cache_ttl: limits.key_cache_ttl,
-            verify_timeout: limits.key_verify_timeout,
-            cache_max: limits.key_cache_max_entries.max(1),
-            argon2_verifications: AtomicU64::new(0),
-            failures: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            blocked: Mutex::new(HashMap::new()),
-            failures_seen: AtomicU64::new(0),
-        }
+        Self { keys }
+    }
+
+    /// Whether a key with this id is configured.
+    pub fn contains(&self, id: &str) -> bool {
+        self.keys.contains_key(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
     }
 
     /// The presented key from `Authorization: Bearer pst_…` or `X-API-Key`, if any.
@@ -258,13 +275,127 @@ impl KeyStore {
             (a, b) => Ok(a.or(b)),
         }
     }
+}
 
-    /// How many times argon2 has run since this store was built.
-    pub fn argon2_verifications(&self) -> u64 {
-        self.argon2_verifications.load(Ordering::Relaxed)
+struct CacheEntry {
+    digest: [u8; 32],
+    /// The stored hash the key was verified against: once a reload changes it (a rotated
+    /// secret), the entry no longer counts.
+    phc: Arc<str>,
+    last_used: Instant,
+}
+
+/// The verifier's settings, from `[limits]`; replaced whole on reload.
+#[derive(Debug, Clone, PartialEq)]
+struct VerifierSettings {
+    cache_ttl: Duration,
+    /// Longest wait for another request's argon2 run of the same key id, or for an argon2 slot.
+    verify_timeout: Duration,
+    cache_max: usize,
+    failures_per_minute: u32,
+    concurrent_checks: usize,
+}
+
+impl VerifierSettings {
+    fn of(limits: &GatewayLimits) -> Self {
+        Self {
+            cache_ttl: limits.key_cache_ttl,
+            verify_timeout: limits.key_verify_timeout,
+            cache_max: limits.key_cache_max_entries.max(1),
+            failures_per_minute: limits.failed_auth_per_ip_per_minute,
+            concurrent_checks: limits
+                .max_concurrent_key_checks
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        }
+    }
+}
+
+/// What survives reloads of the key table: the verified-key cache, the per-IP failure
+/// limiter, the argon2 slots and the argon2 counter.
+pub struct KeyVerifier {
+    settings: RwLock<VerifierSettings>,
+    cache: Mutex<HashMap<String, CacheEntry>>,
+    argon2_verifications: prometheus::IntCounter,
+    /// At most `limits.max_concurrent_key_checks` argon2 runs at once, across all keys: each
+    /// takes about 19 MiB while it runs, so this is the ceiling on what guesses can make the
+    /// gateway allocate (and the allocator keeps).
+    argon2_slots: RwLock<Arc<tokio::sync::Semaphore>>,
+    failures: RwLock<Arc<DefaultKeyedRateLimiter<IpAddr>>>,
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    failures_seen: AtomicU64,
+}
+
+impl std::fmt::Debug for KeyVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyVerifier")
+            .field("argon2_verifications", &self.argon2_verifications())
+            .finish_non_exhaustive()
+    }
+}
+
+fn failure_limiter(per_minute: u32) -> Arc<DefaultKeyedRateLimiter<IpAddr>> {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute)))
+}
+
+impl KeyVerifier {
+    /// `argon2_runs` counts every argon2 verification (a metric).
+    pub fn new(limits: &GatewayLimits, argon2_runs: prometheus::IntCounter) -> Self {
+        let settings = VerifierSettings::of(limits);
+        Self {
+            cache: Mutex::new(HashMap::new()),
+            argon2_verifications: argon2_runs,
+            argon2_slots: RwLock::new(Arc::new(tokio::sync::Semaphore::new(
+                settings.concurrent_checks,
+            ))),
+            failures: RwLock::new(failure_limiter(settings.failures_per_minute)),
+            blocked: Mutex::new(HashMap::new()),
+            failures_seen: AtomicU64::new(0),
+            settings: RwLock::new(settings),
+        }
     }
 
-    /// Checks a key presented by a client at `ip`; `now_unix` decides expiry.
+    /// Applies reloaded `[limits]`. A changed failure quota starts with every client's quota
+    /// whole; a changed argon2 slot count applies to runs that start from now on.
+    pub fn configure(&self, limits: &GatewayLimits) {
+        let new = VerifierSettings::of(limits);
+        let mut settings = self
+            .settings
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if settings.failures_per_minute != new.failures_per_minute {
+            *self
+                .failures
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = failure_limiter(new.failures_per_minute);
+            self.blocked
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        if settings.concurrent_checks != new.concurrent_checks {
+            *self
+                .argon2_slots
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) =
+                Arc::new(tokio::sync::Semaphore::new(new.concurrent_checks));
+        }
+        *settings = new;
+    }
+
+    fn settings(&self) -> VerifierSettings {
+        self.settings
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many times argon2 has run since this verifier was built.
+    pub fn argon2_verifications(&self) -> u64 {
+        self.argon2_verifications.get()
+    }
+
+    /// Checks a key presented by a client at `ip` against `table`; `now_unix` decides expiry.
     ///
     /// Every failure counts against `ip`'s quota (see the module docs); a client over it gets
     /// [`AuthError::TooManyFailures`] for any key not already verified. A key in the cache is
@@ -272,16 +403,18 @@ impl KeyStore {
     /// NAT) with someone guessing keys keeps working.
     pub async fn verify(
         &self,
+        table: &KeyTable,
         presented: &str,
         now_unix: u64,
         ip: IpAddr,
     ) -> Result<Arc<ApiKey>, AuthError> {
+        let settings = self.settings();
         let id = parse_key(presented);
-        let stored = id.and_then(|id| Some((id, self.keys.get(id)?)));
+        let stored = id.and_then(|id| Some((id, table.keys.get(id)?)));
         let live = stored.filter(|(_, s)| s.key.expires_at.is_none_or(|at| now_unix < at));
         let digest: Option<[u8; 32]> = live.map(|_| Sha256::digest(presented.as_bytes()).into());
         if let (Some((id, stored)), Some(digest)) = (live, &digest) {
-            if self.cached(id, digest) {
+            if self.cached(id, &stored.phc, digest, &settings) {
                 return Ok(stored.key.clone());
             }
         }
@@ -301,15 +434,24 @@ impl KeyStore {
         let Some(digest) = digest else {
             return refuse(AuthError::Expired);
         };
-        let _one_run = tokio::time::timeout(self.verify_timeout, stored.verifying.lock())
+        let _one_run = tokio::time::timeout(settings.verify_timeout, stored.verifying.lock())
             .await
             .map_err(|_| AuthError::Busy)?;
-        if self.cached(id, &digest) {
+        if self.cached(id, &stored.phc, &digest, &settings) {
             return Ok(stored.key.clone());
         }
         // The attempt is paid for before argon2 runs; a wrong secret is then already counted.
         self.charge(ip)?;
-        self.argon2_verifications.fetch_add(1, Ordering::Relaxed);
+        let slots = self
+            .argon2_slots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let _slot = tokio::time::timeout(settings.verify_timeout, slots.acquire_owned())
+            .await
+            .map_err(|_| AuthError::Busy)?
+            .map_err(|_| AuthError::Internal)?;
+        self.argon2_verifications.inc();
         let (phc, candidate) = (stored.phc.clone(), presented.to_owned());
         let verified = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&phc).is_ok_and(|h| {
@@ -323,30 +465,32 @@ impl KeyStore {
         if !verified {
             return Err(AuthError::WrongSecret);
         }
-        self.remember(id, digest);
+        self.remember(id, &stored.phc, digest, &settings);
         Ok(stored.key.clone())
     }
 
-    /// Whether `digest` is the verified key of `id`; a hit keeps the entry another
-    /// `key_cache_ttl` (a key in use never goes back to argon2, so never queues behind guesses).
-    fn cached(&self, id: &str, digest: &[u8; 32]) -> bool {
+    /// Whether `digest` is the verified key of `id` under its stored hash `phc`; a hit keeps
+    /// the entry another `key_cache_ttl` (a key in use never goes back to argon2, so never
+    /// queues behind guesses).
+    fn cached(&self, id: &str, phc: &str, digest: &[u8; 32], s: &VerifierSettings) -> bool {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = cache.get_mut(id) else {
             return false;
         };
-        let hit =
-            entry.last_used.elapsed() < self.cache_ttl && bool::from(entry.digest.ct_eq(digest));
+        let hit = entry.last_used.elapsed() < s.cache_ttl
+            && *entry.phc == *phc
+            && bool::from(entry.digest.ct_eq(digest));
         if hit {
             entry.last_used = Instant::now();
         }
         hit
     }
 
-    fn remember(&self, id: &str, digest: [u8; 32]) {
+    fn remember(&self, id: &str, phc: &Arc<str>, digest: [u8; 32], s: &VerifierSettings) {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= self.cache_max && !cache.contains_key(id) {
-            cache.retain(|_, e| e.last_used.elapsed() < self.cache_ttl);
-            if cache.len() >= self.cache_max {
+        if cache.len() >= s.cache_max && !cache.contains_key(id) {
+            cache.retain(|_, e| e.last_used.elapsed() < s.cache_ttl);
+            if cache.len() >= s.cache_max {
                 let oldest = cache
                     .iter()
                     .min_by_key(|(_, e)| e.last_used)
@@ -357,12 +501,28 @@ impl KeyStore {
             }
         }
         let last_used = Instant::now();
-        cache.insert(id.to_owned(), CacheEntry { digest, last_used });
+        let phc = Arc::clone(phc);
+        cache.insert(
+            id.to_owned(),
+            CacheEntry {
+                digest,
+                phc,
+                last_used,
+            },
+        );
+    }
+
+    /// Forgets cached keys whose id `table` no longer has (after a reload).
+    pub fn retain(&self, table: &KeyTable) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|id, _| table.contains(id));
     }
 
     /// `Err` while `ip` is over its failed-attempt quota; try no key from it until then.
     fn check_ip_allowed_to_try(&self, ip: IpAddr) -> Result<(), AuthError> {
-        let bucket = client_bucket(ip);
+        let bucket = client_ip::bucket(ip);
         let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
         match blocked
             .get(&bucket)
@@ -388,10 +548,15 @@ impl KeyStore {
     /// left. The limiter is the authority: the blocked list only answers early, so when it is
     /// full (a very wide attack) clients missing from it are still refused here.
     fn charge(&self, ip: IpAddr) -> Result<(), AuthError> {
-        let bucket = client_bucket(ip);
-        let charged = self.failures.check_key(&bucket).map_err(|not_until| {
+        let bucket = client_ip::bucket(ip);
+        let failures = self
+            .failures
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let charged = failures.check_key(&bucket).map_err(|not_until| {
             let retry_after =
-                not_until.wait_time_from(governor::clock::Clock::now(self.failures.clock()));
+                not_until.wait_time_from(governor::clock::Clock::now(failures.clock()));
             let mut blocked = self.blocked.lock().unwrap_or_else(PoisonError::into_inner);
             if blocked.len() >= MAX_BLOCKED_IPS {
                 let now = Instant::now();
@@ -403,21 +568,10 @@ impl KeyStore {
             AuthError::TooManyFailures { retry_after }
         });
         if self.failures_seen.fetch_add(1, Ordering::Relaxed) % HOUSEKEEPING_EVERY == 0 {
-            self.failures.retain_recent();
-            self.failures.shrink_to_fit();
+            failures.retain_recent();
+            failures.shrink_to_fit();
         }
         charged
-    }
-}
-
-/// The unit a client is limited by: its IPv4 address, or its IPv6 /64.
-fn client_bucket(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            IpAddr::V6(prefix.into())
-        }
-        v4 => v4,
     }
 }
 
@@ -449,6 +603,46 @@ mod tests {
             expires_at: None,
             allow_ips: vec![],
             deny_ips: vec![],
+            rate_limit: None,
+        }
+    }
+
+    /// A key table and its verifier, as the runtime holds them.
+    struct KeyStore {
+        keys: KeyTable,
+        verifier: KeyVerifier,
+    }
+
+    impl std::fmt::Debug for KeyStore {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?} {:?}", self.keys, self.verifier)
+        }
+    }
+
+    impl KeyStore {
+        fn new(configs: &[ApiKeyConfig], limits: &GatewayLimits) -> Self {
+            let counter = prometheus::IntCounter::new("argon2", "runs").unwrap();
+            Self {
+                keys: KeyTable::new(configs),
+                verifier: KeyVerifier::new(limits, counter),
+            }
+        }
+
+        async fn verify(
+            &self,
+            presented: &str,
+            now: u64,
+            ip: IpAddr,
+        ) -> Result<Arc<ApiKey>, AuthError> {
+            self.verifier.verify(&self.keys, presented, now, ip).await
+        }
+
+        fn argon2_verifications(&self) -> u64 {
+            self.verifier.argon2_verifications()
+        }
+
+        fn extract(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
+            KeyTable::extract(headers)
         }
     }
 
@@ -524,8 +718,11 @@ mod tests {
         };
         let store = KeyStore::new(&[config(id, phc), config("otherkey1", phc)], &one);
         store.verify(key, 0, LOOPBACK).await.unwrap();
-        store.remember("otherkey1", [0; 32]);
-        assert_eq!(store.cache.lock().unwrap().len(), 1);
+        let settings = store.verifier.settings();
+        store
+            .verifier
+            .remember("otherkey1", &Arc::from(phc.as_str()), [0; 32], &settings);
+        assert_eq!(store.verifier.cache.lock().unwrap().len(), 1);
         store.verify(key, 0, LOOPBACK).await.unwrap();
         assert_eq!(store.argon2_verifications(), 2);
     }
@@ -619,7 +816,7 @@ mod tests {
         };
         let store = store_with(limits, None);
         let (key, id, _) = sample();
-        let held = store.keys[id.as_str()].verifying.lock().await;
+        let held = store.keys.keys[id.as_str()].verifying.lock().await;
         let got = store.verify(key, 0, LOOPBACK).await;
         assert_eq!(got, Err(AuthError::Busy));
         assert_eq!(AuthError::Busy.problem(), Problem::ServiceUnavailable);
@@ -743,12 +940,13 @@ mod tests {
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         let neighbour: IpAddr = "2001:db8::ffff".parse().unwrap();
         for _ in 0..3 {
-            store.check_ip_allowed_to_try(ip).unwrap();
-            store.record_failure(ip);
+            store.verifier.check_ip_allowed_to_try(ip).unwrap();
+            store.verifier.record_failure(ip);
         }
-        store.check_ip_allowed_to_try(ip).unwrap();
-        store.record_failure(neighbour); // same /64: over quota now
-        let Err(AuthError::TooManyFailures { retry_after }) = store.check_ip_allowed_to_try(ip)
+        store.verifier.check_ip_allowed_to_try(ip).unwrap();
+        store.verifier.record_failure(neighbour); // same /64: over quota now
+        let Err(AuthError::TooManyFailures { retry_after }) =
+            store.verifier.check_ip_allowed_to_try(ip)
         else {
             panic!("expected TooManyFailures");
         };
@@ -761,9 +959,11 @@ mod tests {
             }
         ));
         store
+            .verifier
             .check_ip_allowed_to_try("2001:db9::1".parse().unwrap())
             .unwrap();
         store
+            .verifier
             .check_ip_allowed_to_try("192.0.2.1".parse().unwrap())
             .unwrap();
     }

@@ -16,12 +16,21 @@
 //! stream holds back every byte from upstream until the request body's end has been handed to
 //! the upstream half (`request_body_filter` with `end_of_stream`), and then one read longer, so
 //! that the body's end is always consumed before the `101` can be read.
+//!
+//! [`HeadClock`] is the lease's head timeout (`limits.upstream_head_timeout`, or the lease's
+//! `head_timeout`): Pingora has only per-read timeouts, which bound idle time, not the wait for
+//! a response head. The socket fails its read with `TimedOut` once `head_timeout` has passed
+//! since the last byte written upstream without a byte of the response arriving, and flags the
+//! request so that it is answered 504. From the first response byte on only idle time bounds
+//! the stream (SSE and WebSocket are never cut by total time).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::connectors::L4Connect;
@@ -32,6 +41,7 @@ use pingora::{Error, ErrorType};
 use postern_sdk::mux::MuxStream;
 use postern_sdk::{Dialer, LeaseTarget};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// Holds upstream bytes back until the upgrade request's body has ended (see the module docs).
 #[derive(Debug, Default)]
@@ -48,12 +58,54 @@ impl UpgradeGate {
     }
 }
 
+/// The wait for a response head, restarted by every write upstream; see the module docs.
+#[derive(Debug)]
+struct HeadClock {
+    timeout: Duration,
+    timer: Pin<Box<Sleep>>,
+    /// Set when the head did not come in time (read by the request path: 504).
+    timed_out: Arc<AtomicBool>,
+}
+
 /// An inner E2EE stream as Pingora's virtual socket.
 #[derive(Debug)]
 struct TunnelSocket {
     stream: MuxStream,
     /// For an upgrade request: the gate, and whether a read has been deferred since it opened.
     gate: Option<(Arc<UpgradeGate>, bool)>,
+    /// Until the first response byte.
+    head: Option<HeadClock>,
+}
+
+impl TunnelSocket {
+    fn poll_stream_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        let Some(clock) = &mut self.head else {
+            return read;
+        };
+        match read {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.head = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(result) => Poll::Ready(result),
+            Poll::Pending => match clock.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    clock.timed_out.store(true, Ordering::Release);
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no response head from the lease within its head timeout",
+                    )))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
 }
 
 impl AsyncRead for TunnelSocket {
@@ -76,7 +128,7 @@ impl AsyncRead for TunnelSocket {
             }
             self.gate = None;
         }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        self.poll_stream_read(cx, buf)
     }
 }
 
@@ -86,7 +138,14 @@ impl AsyncWrite for TunnelSocket {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if let (Some(clock), Poll::Ready(Ok(n))) = (&mut self.head, &written) {
+            if *n > 0 {
+                let deadline = Instant::now() + clock.timeout;
+                clock.timer.as_mut().reset(deadline);
+            }
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -114,6 +173,10 @@ pub struct TunnelConnector {
     pub target: LeaseTarget,
     /// Set for an upgrade request.
     pub upgrade_gate: Option<Arc<UpgradeGate>>,
+    /// The longest wait for the response head after the last byte sent.
+    pub head_timeout: Duration,
+    /// Set by the socket when the head timeout passed.
+    pub head_timed_out: Arc<AtomicBool>,
 }
 
 #[async_trait]
@@ -130,6 +193,11 @@ impl L4Connect for TunnelConnector {
             TunnelSocket {
                 stream,
                 gate: self.upgrade_gate.clone().map(|g| (g, false)),
+                head: Some(HeadClock {
+                    timeout: self.head_timeout,
+                    timer: Box::pin(tokio::time::sleep(self.head_timeout)),
+                    timed_out: Arc::clone(&self.head_timed_out),
+                }),
             },
         ))))
     }

@@ -2,8 +2,9 @@
 //! from it: the connection cap, the TLS handshake, the header deadline, and the HTTP/1
 //! keep-alive loop.
 //!
-//! * **Connection cap.** At most `limits.max_connections` client connections are open at once,
-//!   across both listeners. One over the cap is closed at accept, before any TLS work, so a
+//! * **Connection caps.** At most `limits.max_connections` client connections are open at
+//!   once, across both listeners, and `limits.max_connections_per_ip` from one client
+//!   ([`crate::connections`]). One over a cap is closed at accept, before any TLS work, so a
 //!   flood of connections costs a socket and a refusal each, never unbounded memory.
 //! * **TLS handshake, bounded by config.** Pingora's listener gives the handshake a fixed 60 s,
 //!   which no setting changes: a client that connects and sends nothing, or half a
@@ -16,7 +17,7 @@
 //!   what is left of that time (see [`crate::header_deadline`]).
 //! * **A task per connection.** The connection is served on a task of its own and Pingora's
 //!   accept task ends at once; nothing in Pingora waits on it, and shutdown reaches the
-//!   connection through the shutdown signal as before; `crate::server` waits for the slots to
+//!   connection through the shutdown signal as before; the server waits for the slots to
 //!   come back, up to `limits.shutdown_grace`, before the gateway exits. The TLS handshake's
 //!   state is boxed and freed when the handshake ends, so an open connection never carries it.
 //! * **HTTP/1 keep-alive loop**: Pingora's own loop (`ServerApp for HttpServerApp`), with one
@@ -30,6 +31,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::connections::ConnectionSlot;
+use crate::header_deadline::HeaderDeadlineStream;
+use crate::runtime::Runtime;
 use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
@@ -37,38 +41,22 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
-use crate::header_deadline::HeaderDeadlineStream;
-
-/// The client connections open at once, across listeners.
-pub type ConnectionSlots = Arc<Semaphore>;
 
 /// Serves the connections accepted by one listener with the HTTP application `A`.
 pub struct DownstreamApp<A> {
     inner: Arc<A>,
     /// Pingora's rustls acceptor for an HTTPS listener; `None` for plain HTTP.
     tls: Option<Arc<Acceptor>>,
-    header_timeout: Duration,
-    /// Most bytes an HTTP/1 request head may take (`limits.max_header_bytes`).
-    max_header_bytes: usize,
-    slots: ConnectionSlots,
+    /// The connection slots, and the limits of the snapshot in force at each accept.
+    runtime: Arc<Runtime>,
 }
 
 impl<A> DownstreamApp<A> {
-    pub fn new(
-        inner: Arc<A>,
-        tls: Option<Acceptor>,
-        header_timeout: Duration,
-        max_header_bytes: usize,
-        slots: ConnectionSlots,
-    ) -> Self {
+    pub fn new(inner: Arc<A>, tls: Option<Acceptor>, runtime: Arc<Runtime>) -> Self {
         Self {
             inner,
             tls: tls.map(Arc::new),
-            header_timeout,
-            max_header_bytes,
-            slots,
+            runtime,
         }
     }
 }
@@ -81,13 +69,31 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DownstreamApp<A> {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let accepted = Instant::now();
-        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-            tracing::debug!("client connection refused: max_connections reached");
-            return None;
+        let limits = &self.runtime.snapshot().config.limits;
+        let (header_timeout, max_header_bytes) =
+            (limits.request_header_timeout, limits.max_header_bytes);
+        let ip = session
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let slot = match self
+            .runtime
+            .connections
+            .try_acquire(ip, limits.max_connections_per_ip)
+        {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::debug!(?why, "client connection refused at accept");
+                return None;
+            }
         };
         let app = Arc::clone(self);
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve(session, accepted, slot, &shutdown).await });
+        let limits = AcceptLimits {
+            accepted,
+            header_timeout,
+            max_header_bytes,
+        };
+        tokio::spawn(async move { app.serve(session, limits, slot, &shutdown).await });
         None
     }
 
@@ -96,30 +102,41 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DownstreamApp<A> {
     }
 }
 
+/// The limits a connection is accepted under (from the snapshot in force then).
+#[derive(Debug, Clone, Copy)]
+struct AcceptLimits {
+    accepted: Instant,
+    header_timeout: Duration,
+    /// Most bytes an HTTP/1 request head may take (`limits.max_header_bytes`).
+    max_header_bytes: usize,
+}
+
 impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
     /// Serves one accepted connection to its end; its slot is given back when this returns.
     async fn serve(
         &self,
         session: Stream,
-        accepted: Instant,
-        _slot: OwnedSemaphorePermit,
+        limits: AcceptLimits,
+        _slot: ConnectionSlot,
         shutdown: &ShutdownWatch,
     ) {
         let session = match &self.tls {
             None => session,
-            Some(acceptor) => match self.tls_handshake(acceptor, session, accepted).await {
+            Some(acceptor) => match self.tls_handshake(acceptor, session, limits).await {
                 Some(tls) => tls,
                 None => return,
             },
         };
-        let left = self.header_timeout.saturating_sub(accepted.elapsed());
+        let left = limits
+            .header_timeout
+            .saturating_sub(limits.accepted.elapsed());
         if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
             let wrapped = HeaderDeadlineStream::for_h2(session, left);
             // HTTP/2 hands back no stream for reuse: the connection ends with this call.
             self.inner.process_new(Box::new(wrapped), shutdown).await;
             return;
         }
-        let wrapped = HeaderDeadlineStream::new(session, self.max_header_bytes);
+        let wrapped = HeaderDeadlineStream::new(session, limits.max_header_bytes);
         wrapped.arm(left);
         self.serve_http1(Box::new(wrapped), shutdown).await;
     }
@@ -129,7 +146,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
         &self,
         acceptor: &Acceptor,
         session: Stream,
-        accepted: Instant,
+        limits: AcceptLimits,
     ) -> Option<Stream> {
         // Always a TCP stream: the HTTPS listener is a plain TCP listener (module docs).
         let Ok(tcp) = session.into_any().downcast::<TcpStream>() else {
@@ -138,7 +155,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
         };
         // Boxed: the handshake's state is large and lives only as long as the handshake.
         let handshake = Box::pin(acceptor.tls_handshake(*tcp));
-        let left = self.header_timeout.saturating_sub(accepted.elapsed());
+        let left = limits
+            .header_timeout
+            .saturating_sub(limits.accepted.elapsed());
         match tokio::time::timeout(left, handshake).await {
             Ok(Ok(tls)) => Some(Box::new(tls)),
             Ok(Err(e)) => {

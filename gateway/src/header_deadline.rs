@@ -315,7 +315,7 @@ impl AsyncWrite for HeaderDeadlineStream {
 /// A complete HTTP/1.1 431 response with its problem document, closing the connection.
 fn head_too_large_response() -> Vec<u8> {
     let problem = Problem::HeaderTooLarge;
-    let id = crate::proxy::new_request_id();
+    let id = crate::respond::new_request_id();
     let body = problem.body(&id);
     let mut out = format!(
         "HTTP/1.1 {} {}\r\nconnection: close\r\ncontent-length: {}\r\nx-request-id: {id}\r\n",

@@ -1,12 +1,13 @@
-//! `postern-gateway`: runs the gateway from a TOML config file. (`postern up` runs relay and
-//! gateway in one process on embedded defaults.)
+//! `postern-gateway`: runs the gateway from a TOML config file, reloading it on change and on
+//! `SIGHUP`; `postern-gateway check-config FILE` validates a file offline. (`postern up` runs
+//! relay and gateway in one process on embedded defaults.)
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
-use postern_gateway::state::GatewayState;
+use clap::{Parser, Subcommand, ValueEnum};
+use postern_gateway::runtime::Runtime;
 
 /// glibc's allocator serialises on its arena locks when one thread frees what another
 /// allocated, which every proxied buffer does; mimalloc frees into per-thread pages. In the
@@ -19,28 +20,107 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Postern gateway: authenticates and forwards requests to leases over the E2EE tunnel.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Args {
-    /// Path to the gateway's TOML config (see config/examples/gateway.toml).
-    #[arg(long, short, env = "POSTERN_GATEWAY_CONFIG")]
-    config: PathBuf,
+    /// Path to the gateway's TOML config (see config/examples/gateway.toml). It is watched:
+    /// a valid change is applied without a restart, an invalid one is logged and ignored.
+    #[arg(long, short, env = "POSTERN_GATEWAY_CONFIG", required = false)]
+    config: Option<PathBuf>,
+    /// Log lines as JSON (one object per line) or as text for a terminal.
+    #[arg(long, value_enum, default_value = "json", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validates a config file offline (keys, grants and certificates are read too); exits 0
+    /// if the gateway would start with it.
+    CheckConfig { file: PathBuf },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn init_logs(format: LogFormat) {
+    // The access log (target postern::access) at info, everything else at warn, unless
+    // RUST_LOG says otherwise.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .json()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,postern::access=info"));
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let path = args.config;
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = &args.command {
+        return check_config(file);
+    }
+    init_logs(args.log_format);
+    let Some(path) = args.config else {
+        eprintln!("postern-gateway: --config FILE is required (or: check-config FILE)");
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("postern-gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(path)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("postern-gateway: {e:#}");
+            tracing::error!(error = format!("{e:#}"), "gateway stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = postern_config::load_gateway(&path)
         .with_context(|| format!("config {}", path.display()))?;
-    let state = Arc::new(GatewayState::load(config).context("starting the gateway")?);
+    let runtime = Runtime::start(config).context("starting the gateway")?;
+    let gateway = postern_gateway::server::Gateway::bind(std::sync::Arc::clone(&runtime))?;
+    if let Some(addr) = gateway.metrics_addr() {
+        tracing::info!(%addr, "metrics at http://{addr}/metrics");
+    }
+    tokio::spawn(postern_gateway::reload::watch(
+        std::sync::Arc::clone(&runtime),
+        path,
+    ));
     let shutdown = postern_gateway::server::shutdown_on_stop_signal();
-    postern_gateway::server::serve(state, shutdown).await?;
+    gateway.serve(shutdown).await;
     Ok(())
+}
+
+fn check_config(file: &std::path::Path) -> ExitCode {
+    let checked = postern_config::load_gateway(file)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| {
+            postern_gateway::runtime::check_offline(config).map_err(anyhow::Error::from)
+        });
+    match checked {
+        Ok(()) => {
+            println!("ok: {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{}: {e:#}", file.display());
+            ExitCode::FAILURE
+        }
+    }
 }

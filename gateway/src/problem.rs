@@ -15,10 +15,34 @@
 //! | 431 | the request head is larger than `limits.max_header_bytes` |
 //! | 429 | a rate limit or the per-IP failed-authentication limit; `Retry-After` says when |
 //! | 502 | the lease is offline, the origin is down, or the tunnel failed |
-//! | 503 | the gateway is overloaded or the lease's circuit breaker is open |
+//! | 503 | the gateway could not decide now (`service-unavailable`), the lease's circuit breaker is open (`circuit-open`, with `Retry-After`), or the lease has too many requests in flight (`lease-overloaded`) |
 //! | 504 | the upstream did not answer in time |
+//!
+//! A policy that refuses a request returns a [`Refusal`]: the problem, what the access log
+//! records as the outcome, and the extra fields of the answer (`RateLimit-*`).
 
 use bytes::Bytes;
+
+use crate::access_log::Outcome;
+
+/// A policy's refusal of a request: answered with `problem`, logged as `outcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub problem: Problem,
+    pub outcome: Outcome,
+    /// Extra response fields (e.g. `RateLimit-Policy`, `RateLimit`).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Refusal {
+    pub fn new(problem: Problem, outcome: Outcome) -> Self {
+        Self {
+            problem,
+            outcome,
+            headers: Vec::new(),
+        }
+    }
+}
 
 /// A refusal produced by the gateway, rendered as problem+json.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +56,8 @@ pub enum Problem {
     TooManyRequests { retry_after_secs: u64 },
     BadGateway,
     ServiceUnavailable,
+    CircuitOpen { retry_after_secs: u64 },
+    LeaseOverloaded,
     GatewayTimeout,
 }
 
@@ -50,7 +76,7 @@ impl Problem {
             Self::HeaderTooLarge => 431,
             Self::TooManyRequests { .. } => 429,
             Self::BadGateway => 502,
-            Self::ServiceUnavailable => 503,
+            Self::ServiceUnavailable | Self::CircuitOpen { .. } | Self::LeaseOverloaded => 503,
             Self::GatewayTimeout => 504,
         }
     }
@@ -67,6 +93,8 @@ impl Problem {
             Self::TooManyRequests { .. } => "too-many-requests",
             Self::BadGateway => "bad-gateway",
             Self::ServiceUnavailable => "service-unavailable",
+            Self::CircuitOpen { .. } => "circuit-open",
+            Self::LeaseOverloaded => "lease-overloaded",
             Self::GatewayTimeout => "gateway-timeout",
         }
     }
@@ -86,7 +114,9 @@ impl Problem {
             Self::HeaderTooLarge => "Request Header Fields Too Large",
             Self::TooManyRequests { .. } => "Too Many Requests",
             Self::BadGateway => "Bad Gateway",
-            Self::ServiceUnavailable => "Service Unavailable",
+            Self::ServiceUnavailable | Self::CircuitOpen { .. } | Self::LeaseOverloaded => {
+                "Service Unavailable"
+            }
             Self::GatewayTimeout => "Gateway Timeout",
         }
     }
@@ -105,6 +135,10 @@ impl Problem {
             Self::TooManyRequests { .. } => "Too many requests; retry after the indicated delay.",
             Self::BadGateway => "The lease is offline or its service did not respond correctly.",
             Self::ServiceUnavailable => "The gateway or the lease is temporarily unavailable.",
+            Self::CircuitOpen { .. } => {
+                "The lease's service is failing; the gateway is not sending it requests for now."
+            }
+            Self::LeaseOverloaded => "The lease has too many requests in flight; retry later.",
             Self::GatewayTimeout => "The lease's service did not respond in time.",
         }
     }
@@ -129,7 +163,7 @@ impl Problem {
         let mut headers = vec![("content-type", "application/problem+json".to_owned())];
         match self {
             Self::Unauthorized => headers.push(("www-authenticate", "Bearer".to_owned())),
-            Self::TooManyRequests { retry_after_secs } => {
+            Self::TooManyRequests { retry_after_secs } | Self::CircuitOpen { retry_after_secs } => {
                 headers.push(("retry-after", retry_after_secs.to_string()));
             }
             _ => {}
@@ -160,7 +194,7 @@ fn push_json_string(out: &mut String, s: &str) {
 mod tests {
     use super::*;
 
-    const ALL: [Problem; 10] = [
+    const ALL: [Problem; 12] = [
         Problem::BadRequest,
         Problem::Unauthorized,
         Problem::Forbidden,
@@ -172,6 +206,10 @@ mod tests {
         },
         Problem::BadGateway,
         Problem::ServiceUnavailable,
+        Problem::CircuitOpen {
+            retry_after_secs: 3,
+        },
+        Problem::LeaseOverloaded,
         Problem::GatewayTimeout,
     ];
 

@@ -1,65 +1,116 @@
 //! The request path, phase by phase: this `impl ProxyHttp` is the table of contents of a
-//! request through the gateway.
+//! request through the gateway. Each phase is a few lines that call one policy module and
+//! record what happened in the request's context ([`RequestCtx`]).
 //!
-//! 0. `early_request_filter`: the head is complete, the slowloris deadline is lifted
+//! 0. `new_ctx`: the request loads the runtime's snapshot once; it sees that one config to
+//!    its end, whatever a reload does meanwhile.
+//! 1. `early_request_filter`: the head is complete, the slowloris deadline is lifted
 //!    ([`crate::header_deadline`]); `logging` sets it again for the next request.
-//! 1. `request_filter`: request id → head size → `Host` present (HTTP/1.1) → client IP policy
-//!    → health endpoints (not on lease hosts) → authenticate (API key) → route (which lease) →
-//!    authorize (lease ACL, scope, per-key IPs) → lease exists → body limit → `Host` kept for
-//!    the origin.
-//!    Any refusal is answered here with an RFC 9457 problem and the request ends.
-//! 2. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
-//!    E2EE session.
-//! 3. `upstream_request_filter`: hop-by-hop fields out ([`postern_sdk::hop_by_hop`]), forwarding
-//!    headers in; the caller's API key never leaves. The gateway is the edge, the first hop an
-//!    origin can trust: forwarding fields a client sent (`Forwarded`, `X-Forwarded-*`,
-//!    `X-Real-IP`, also spelled with `_`) are replaced, never extended, so an origin reading
-//!    `X-Forwarded-For` gets the address the gateway saw, not one the client chose. A request
-//!    that is not an upgrade asks the agent to close the inner stream after it.
-//! 4. `response_filter`: hop-by-hop fields out; the request id goes back to the caller.
-//! 5. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
+//! 2. `request_filter`: the policy chain, [`GatewayProxy::admit`], in this order:
+//!    head checks ([`crate::request`]) → client IP ([`crate::acl`]) → the gateway's own
+//!    endpoints ([`crate::endpoints`]) → authenticate ([`crate::auth`]; a request without a
+//!    valid key also spends the per-IP budget, [`crate::ratelimit`]) → route
+//!    ([`crate::route`]) → authorize (the key's IPs, leases and scopes, [`crate::acl`]) → the
+//!    lease exists → declared body size → rate limits ([`crate::ratelimit`]) → circuit
+//!    breaker ([`crate::breaker`]) → in-flight slot ([`crate::concurrency`]). Each step
+//!    either passes or returns a [`Refusal`], answered here as an RFC 9457 problem.
+//! 3. `upstream_peer`: a virtual peer whose connector opens an inner stream of the lease's
+//!    E2EE session ([`crate::connector`]), with the lease's own timeouts.
+//! 4. `upstream_request_filter`: the head the origin sees ([`crate::forwarding`]).
+//! 5. `upstream_response_filter` / `response_filter`: timing, hop-by-hop fields out, the
+//!    request id back to the caller.
+//! 6. `fail_to_proxy`: tunnel and origin failures become 502/504 problems.
+//! 7. `logging`: the breaker learns the result, the metrics count the request
+//!    ([`crate::metrics`]), and the access log writes its line ([`crate::access_log`]).
 
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
-
-use crate::connector::{TunnelConnector, UpgradeGate};
-use crate::header_deadline::HeaderDeadlineStream;
-use crate::problem::Problem;
-use crate::state::GatewayState;
-use crate::{acl, auth, route};
 use postern_sdk::hop_by_hop;
 
+use crate::access_log::{self, AccessRecord, Outcome};
+use crate::auth::{ApiKey, AuthError, KeyTable};
+use crate::breaker::Admission;
+use crate::concurrency::{self, InFlight};
+use crate::connector::{TunnelConnector, UpgradeGate};
+use crate::endpoints;
+use crate::forwarding;
+use crate::header_deadline::HeaderDeadlineStream;
+use crate::problem::{Problem, Refusal};
+use crate::ratelimit::Budgets;
+use crate::respond::{self, REQUEST_ID_FIELD};
+use crate::runtime::Runtime;
+use crate::snapshot::{LeaseRoute, Snapshot};
+use crate::{acl, request, route};
+
 /// Everything known about one request, filled in phase by phase.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RequestCtx {
+    /// The config this request is decided by, loaded once.
+    pub snapshot: Arc<Snapshot>,
+    pub started: Instant,
     pub request_id: String,
     pub client_ip: Option<IpAddr>,
-    pub lease: Option<String>,
-    pub key_id: Option<String>,
+    /// The client's path without its query, for the access log.
+    pub path: String,
+    pub key: Option<Arc<ApiKey>>,
+    /// The lease, looked up once (a reload cannot turn an authorized request into a 404).
+    pub lease: Option<Arc<LeaseRoute>>,
     pub original_host: Option<String>,
+    /// Request body bytes (not after an upgrade), against `max_request_body_bytes`.
     pub body_bytes: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// For an upgrade request: opened when its body ends (cloudflare/pingora#946 workaround).
     pub upgrade_gate: Option<Arc<UpgradeGate>>,
     /// The request body has ended (seen by `request_body_filter`).
     pub body_ended: bool,
+    pub outcome: Outcome,
+    /// Leave from the lease's breaker, told the result in `logging`.
+    pub admission: Option<Admission>,
+    pub in_flight: Option<InFlight>,
+    pub upstream_started: Option<Instant>,
+    pub connected_at: Option<Instant>,
+    pub head_at: Option<Instant>,
+    pub upstream_status: Option<u16>,
+    /// Set by the connector when the response head did not come in time.
+    pub head_timed_out: Arc<AtomicBool>,
+    /// Holds `postern_upgrades_active` up while an upgraded connection is open.
+    pub upgraded: Option<UpgradeGuard>,
+}
+
+/// Counts one open upgraded connection until dropped.
+#[derive(Debug)]
+pub struct UpgradeGuard(prometheus::IntGauge);
+
+impl Drop for UpgradeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// What the policy chain decided for a request that was not refused.
+enum Admitted {
+    /// Go on to the lease.
+    Proxy,
+    /// The gateway answered it itself.
+    Answered,
 }
 
 /// The gateway's proxy logic.
 pub struct GatewayProxy {
-    pub state: Arc<GatewayState>,
+    pub runtime: Arc<Runtime>,
 }
-
-/// The field that names a request to the caller and to the origin.
-const REQUEST_ID_FIELD: &str = "x-request-id";
 
 fn request_id(session: &Session) -> String {
     session
@@ -69,42 +120,7 @@ fn request_id(session: &Session) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
-}
-
-/// A fresh request id: 128 random bits in hex.
-pub fn new_request_id() -> String {
-    let bytes: [u8; 16] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Answers the request with a problem document and ends it.
-async fn respond(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    problem: Problem,
-) -> pingora::Result<bool> {
-    let body = problem.body(&ctx.request_id);
-    let mut resp = ResponseHeader::build(problem.status(), Some(4))?;
-    for (name, value) in problem.headers() {
-        resp.insert_header(name, value)?;
-    }
-    resp.insert_header(REQUEST_ID_FIELD, ctx.request_id.as_str())?;
-    resp.set_content_length(body.len())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await?;
-    Ok(true)
-}
-
-async fn plain(session: &mut Session, status: u16, body: &'static str) -> pingora::Result<bool> {
-    let mut resp = ResponseHeader::build(status, Some(2))?;
-    resp.insert_header("content-type", "text/plain")?;
-    resp.set_content_length(body.len())?;
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await?;
-    Ok(true)
+        .unwrap_or_else(respond::new_request_id)
 }
 
 #[async_trait]
@@ -112,18 +128,43 @@ impl ProxyHttp for GatewayProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> Self::CTX {
-        RequestCtx::default()
+        RequestCtx {
+            snapshot: self.runtime.snapshot(),
+            started: Instant::now(),
+            request_id: String::new(),
+            client_ip: None,
+            path: String::new(),
+            key: None,
+            lease: None,
+            original_host: None,
+            body_bytes: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            upgrade_gate: None,
+            body_ended: false,
+            outcome: Outcome::Ok,
+            admission: None,
+            in_flight: None,
+            upstream_started: None,
+            connected_at: None,
+            head_at: None,
+            upstream_status: None,
+            head_timed_out: Arc::new(AtomicBool::new(false)),
+            upgraded: None,
+        }
     }
 
     /// The head is in: the slowloris deadline no longer applies to this request.
     async fn early_request_filter(
         &self,
         session: &mut Session,
-        _ctx: &mut Self::CTX,
+        ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
+        ctx.started = Instant::now();
         if let Some(stream) = session.stream().and_then(HeaderDeadlineStream::of) {
             stream.disarm();
-            session.set_keepalive(Some(self.state.config.limits.keepalive_timeout.as_secs()));
+            let keepalive = ctx.snapshot.config.limits.keepalive_timeout;
+            session.set_keepalive(Some(keepalive.as_secs()));
         }
         Ok(())
     }
@@ -133,110 +174,25 @@ impl ProxyHttp for GatewayProxy {
         session: &mut Session,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<bool> {
-        let state = &self.state;
         ctx.request_id = request_id(session);
         ctx.client_ip = session
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        if head_size(session.req_header()) > state.config.limits.max_header_bytes {
-            return respond(session, ctx, Problem::HeaderTooLarge).await;
-        }
-        if lacks_required_host(session.req_header()) {
-            return respond(session, ctx, Problem::BadRequest).await;
-        }
-        ignore_h2c_upgrade(session.req_header_mut());
-        let Some(ip) = ctx.client_ip else {
-            return respond(session, ctx, Problem::Forbidden).await;
-        };
-        if !acl::ip_allowed(&state.config.ip, ip) {
-            return respond(session, ctx, Problem::Forbidden).await;
-        }
-        let header = session.req_header();
-        let host = header
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| header.uri.authority().map(|a| a.as_str()))
-            .map(str::to_owned);
-        let base_domain = state.config.base_domain.as_deref();
-        // The gateway's own health endpoints, on its own names only: on a lease host the whole
-        // path belongs to the origin (its `/healthz` included).
-        if !route::is_lease_host(host.as_deref(), base_domain) {
-            match header.uri.path() {
-                "/healthz" => return plain(session, 200, "ok\n").await,
-                "/readyz" => {
-                    // One relay connection attempt at a time (the dialer serializes them).
-                    let ready =
-                        tokio::time::timeout(Duration::from_secs(5), state.dialer.check_relay());
-                    return match ready.await {
-                        Ok(Ok(())) => plain(session, 200, "ready\n").await,
-                        _ => respond(session, ctx, Problem::ServiceUnavailable).await,
-                    };
+        let target = session.req_header().uri.path_and_query();
+        ctx.path = access_log::path_only(target.map_or("/", |p| p.as_str())).to_owned();
+        match self.admit(session, ctx).await {
+            Ok(Admitted::Proxy) => Ok(false),
+            Ok(Admitted::Answered) => Ok(true),
+            Err(refusal) => {
+                ctx.outcome = refusal.outcome;
+                respond::problem(session, &ctx.request_id, &refusal).await?;
+                if refusal.problem == Problem::PayloadTooLarge {
+                    linger(session).await;
                 }
-                _ => {}
+                Ok(true)
             }
         }
-
-        // Authenticate before anything about leases is revealed (a client over its failure
-        // quota is refused inside `verify`, unless its key is already verified).
-        let presented = match auth::KeyStore::extract(&session.req_header().headers) {
-            Ok(Some(key)) => key.to_owned(),
-            Ok(None) | Err(_) => return respond(session, ctx, Problem::Unauthorized).await,
-        };
-        let now = postern_sdk::grant::unix_now();
-        let key = match state.keys.verify(&presented, now, ip).await {
-            Ok(key) => key,
-            Err(e) => return respond(session, ctx, e.problem()).await,
-        };
-        ctx.key_id = Some(key.id.clone());
-
-        let header = session.req_header();
-        let path_and_query = header
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_else(|| "/".to_owned());
-        let Ok(routed) = route::route(&path_and_query, host.as_deref(), base_domain) else {
-            return respond(session, ctx, Problem::NotFound).await;
-        };
-        // The key's own rules before the lease table: a key for some leases learns nothing
-        // about which other leases exist (403 for every name outside its globs).
-        let access = acl::Access::of(&header.method, session.is_upgrade_req());
-        if acl::authorize(&key, &routed.lease, access, ip, &state.config.ip).is_err() {
-            return respond(session, ctx, Problem::Forbidden).await;
-        }
-        if !state.leases.contains_key(&routed.lease) {
-            return respond(session, ctx, Problem::NotFound).await;
-        }
-        let too_big = session
-            .req_header()
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok())
-            .is_some_and(|n| n > state.config.limits.max_request_body_bytes);
-        if too_big {
-            let done = respond(session, ctx, Problem::PayloadTooLarge).await;
-            self.linger(session).await;
-            return done;
-        }
-        let uri = routed
-            .upstream_path_and_query
-            .parse::<http::Uri>()
-            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
-        let upstream = session.req_header_mut();
-        // An HTTP/2 request names its host only in `:authority`, which the origin-form URI
-        // drops; the HTTP/1.1 request to the origin must carry it as `Host`.
-        if !upstream.headers.contains_key(http::header::HOST) {
-            if let Some(host) = &host {
-                upstream.insert_header(http::header::HOST, host.as_str())?;
-            }
-        }
-        upstream.set_uri(uri);
-        ctx.original_host = host;
-        ctx.lease = Some(routed.lease);
-        Ok(false)
     }
 
     async fn request_body_filter(
@@ -252,11 +208,15 @@ impl ProxyHttp for GatewayProxy {
                 gate.open();
             }
         }
+        let Some(chunk) = body.as_ref() else {
+            return Ok(());
+        };
+        ctx.bytes_in += chunk.len() as u64;
         // After a protocol upgrade these are WebSocket bytes, bounded by idle time rather than
         // by the request body limit (Pingora passes them through this filter too).
-        if let Some(chunk) = body.as_ref().filter(|_| !session.was_upgraded()) {
+        if !session.was_upgraded() {
             ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > self.state.config.limits.max_request_body_bytes {
+            if ctx.body_bytes > ctx.snapshot.config.limits.max_request_body_bytes {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -273,14 +233,9 @@ impl ProxyHttp for GatewayProxy {
     ) -> pingora::Result<Box<HttpPeer>> {
         let lease = ctx
             .lease
-            .as_deref()
+            .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no lease routed"))?;
-        let target = self
-            .state
-            .leases
-            .get(lease)
-            .cloned()
-            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(404), "unknown lease"))?;
+        ctx.upstream_started = Some(Instant::now());
         // A numeric placeholder address (HttpPeer::new resolves and unwraps); the lease goes
         // into the pool key so that two leases can never share an upstream connection.
         let mut peer = HttpPeer::new(
@@ -289,15 +244,14 @@ impl ProxyHttp for GatewayProxy {
             String::new(),
         );
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        lease.hash(&mut hasher);
+        lease.name.hash(&mut hasher);
         peer.group_key = hasher.finish();
-        let limits = &self.state.config.limits;
         // Virtual streams are never reused by Pingora 0.9.1: close them at once.
         peer.options.idle_timeout = Some(Duration::ZERO);
-        peer.options.total_connection_timeout = Some(limits.upstream_connect_timeout);
+        peer.options.total_connection_timeout = Some(lease.connect_timeout);
         // SSE and WebSocket are bounded by idle time, not total time.
-        peer.options.read_timeout = Some(limits.upstream_idle_timeout);
-        peer.options.write_timeout = Some(limits.upstream_idle_timeout);
+        peer.options.read_timeout = Some(lease.idle_timeout);
+        peer.options.write_timeout = Some(lease.idle_timeout);
         if session.is_upgrade_req() {
             let gate = Arc::new(UpgradeGate::default());
             if ctx.body_ended {
@@ -306,11 +260,27 @@ impl ProxyHttp for GatewayProxy {
             ctx.upgrade_gate = Some(gate);
         }
         peer.options.custom_l4 = Some(Arc::new(TunnelConnector {
-            dialer: self.state.dialer.clone(),
-            target,
+            dialer: self.runtime.dialer.clone(),
+            target: lease.target.clone(),
             upgrade_gate: ctx.upgrade_gate.clone(),
+            head_timeout: lease.head_timeout,
+            head_timed_out: Arc::clone(&ctx.head_timed_out),
         }));
         Ok(Box::new(peer))
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&Digest>,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        ctx.connected_at = Some(Instant::now());
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -319,43 +289,29 @@ impl ProxyHttp for GatewayProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> pingora::Result<()> {
-        let upgrade = session.is_upgrade_req();
-        for name in hop_by_hop::fields(&upstream.headers, upgrade) {
-            upstream.remove_header(&name);
+        let client = forwarding::Client {
+            ip: ctx.client_ip,
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            host: ctx.original_host.as_deref(),
+            request_id: &ctx.request_id,
+        };
+        forwarding::rewrite(upstream, session.is_upgrade_req(), client)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut ResponseHeader,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        ctx.head_at = Some(Instant::now());
+        ctx.upstream_status = Some(upstream.status.as_u16());
+        if upstream.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(lease) = &ctx.lease {
+                lease.metrics.upgrades_active.inc();
+                ctx.upgraded = Some(UpgradeGuard(lease.metrics.upgrades_active.clone()));
+            }
         }
-        if !upgrade {
-            // The inner stream ends with this exchange (Pingora 0.9.1 cannot reuse it; see
-            // `crate::connector`). Saying so lets Pingora shut it down at once instead of
-            // parking it in its pool, where the next request's reuse check fails on it (a
-            // `getpeername` and an idle-watch task per request, and "failed to acquire reusable
-            // stream" errors in the log when two requests race for it).
-            upstream.insert_header(http::header::CONNECTION, "close")?;
-        }
-        // The caller's credentials are for the gateway only: whatever `extract` would read as
-        // a key does not go on.
-        for name in auth::credential_fields(&upstream.headers) {
-            upstream.remove_header(name);
-        }
-        let spoofable: Vec<http::HeaderName> = upstream
-            .headers
-            .keys()
-            .filter(|name| {
-                is_forwarding_field(name.as_str()) || is_underscore_spelling_of_ours(name.as_str())
-            })
-            .cloned()
-            .collect();
-        for name in spoofable {
-            upstream.remove_header(&name);
-        }
-        if let Some(ip) = ctx.client_ip {
-            upstream.insert_header("x-forwarded-for", ip.to_canonical().to_string())?;
-        }
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        upstream.insert_header("x-forwarded-proto", if tls { "https" } else { "http" })?;
-        if let Some(host) = &ctx.original_host {
-            upstream.insert_header("x-forwarded-host", host.as_str())?;
-        }
-        upstream.insert_header(REQUEST_ID_FIELD, ctx.request_id.as_str())?;
         Ok(())
     }
 
@@ -373,41 +329,61 @@ impl ProxyHttp for GatewayProxy {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Self::CTX,
+    ) -> pingora::Result<Option<Duration>> {
+        if let Some(chunk) = body {
+            ctx.bytes_out += chunk.len() as u64;
+        }
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let problem = match e.etype() {
-            ErrorType::HTTPStatus(413) => Problem::PayloadTooLarge,
-            ErrorType::HTTPStatus(404) => Problem::NotFound,
+        let head_timed_out = ctx.head_timed_out.load(Ordering::Acquire);
+        let (problem, outcome) = match e.etype() {
+            ErrorType::HTTPStatus(413) => (Problem::PayloadTooLarge, Outcome::TooLarge),
+            _ if head_timed_out => (Problem::GatewayTimeout, Outcome::UpstreamTimeout),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                Problem::GatewayTimeout
+                (Problem::GatewayTimeout, Outcome::UpstreamTimeout)
             }
             _ => match e.esource() {
-                pingora::ErrorSource::Downstream => Problem::BadRequest,
-                _ => Problem::BadGateway,
+                pingora::ErrorSource::Downstream => (Problem::BadRequest, Outcome::ClientClosed),
+                _ => (Problem::BadGateway, Outcome::UpstreamError),
             },
         };
         let client_gone = *e.esource() == pingora::ErrorSource::Downstream;
         if client_gone {
             tracing::debug!(request_id = %ctx.request_id, error = %e, "client went away");
         } else {
-            tracing::info!(request_id = %ctx.request_id, lease = ?ctx.lease, error = %e, "proxy failed");
+            let lease = ctx.lease.as_ref().map(|l| l.name.as_str());
+            tracing::info!(request_id = %ctx.request_id, lease, error = %e, "proxy failed");
         }
         // Once the response head is out (SSE, a long body), nothing can be answered any more:
-        // the connection is closed and the status that went out is the one logged.
+        // the connection is closed and the status that went out is the one logged. The lease
+        // did answer, so its breaker is not told of a failure.
         if let Some(sent) = session.response_written().map(|r| r.status.as_u16()) {
+            if client_gone {
+                ctx.outcome = Outcome::ClientClosed;
+            }
             return FailToProxy {
                 error_code: sent,
                 can_reuse_downstream: false,
             };
         }
+        ctx.outcome = outcome;
         let status = problem.status();
-        let _ = respond(session, ctx, problem).await;
+        let _ = respond::problem(session, &ctx.request_id, &Refusal::new(problem, outcome)).await;
         if status == 413 {
-            self.linger(session).await;
+            linger(session).await;
         }
         FailToProxy {
             error_code: status,
@@ -422,10 +398,10 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Self::CTX) {
+        let limits = &ctx.snapshot.config.limits;
         // A kept-alive connection must deliver the next head in full within the idle
         // allowance plus the header time.
         if let Some(stream) = session.stream().and_then(HeaderDeadlineStream::of) {
-            let limits = &self.state.config.limits;
             stream.arm(
                 limits
                     .keepalive_timeout
@@ -436,179 +412,213 @@ impl ProxyHttp for GatewayProxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        tracing::info!(
-            request_id = %ctx.request_id,
-            lease = ?ctx.lease,
-            key = ?ctx.key_id,
+        // The agent answers 502/504 itself when the origin is down or too slow.
+        if ctx.outcome == Outcome::Ok && matches!(ctx.upstream_status, Some(502 | 504)) {
+            ctx.outcome = Outcome::UpstreamError;
+        }
+        if ctx.outcome == Outcome::Ok && status == 0 && e.is_some() {
+            ctx.outcome = Outcome::ClientClosed;
+        }
+        if let Some(admission) = ctx.admission.take() {
+            match ctx.outcome {
+                Outcome::Ok => admission.record(false),
+                o if o.is_upstream_failure() => admission.record(true),
+                _ => drop(admission),
+            }
+        }
+        ctx.in_flight = None;
+        let now = Instant::now();
+        let metrics = ctx.snapshot.metrics_for(ctx.lease.as_deref());
+        let method = &session.req_header().method;
+        metrics.count_request(method, status);
+        metrics
+            .request_duration
+            .observe(now.duration_since(ctx.started).as_secs_f64());
+        if let (Some(start), Some(connected)) = (ctx.upstream_started, ctx.connected_at) {
+            metrics
+                .connect_duration
+                .observe(connected.duration_since(start).as_secs_f64());
+            if let Some(head) = ctx.head_at {
+                metrics
+                    .head_duration
+                    .observe(head.duration_since(connected).as_secs_f64());
+            }
+        }
+        metrics.request_bytes.inc_by(ctx.bytes_in);
+        metrics.response_bytes.inc_by(ctx.bytes_out);
+        let error = e.map(|e| e.to_string());
+        access_log::emit(&AccessRecord {
+            request_id: &ctx.request_id,
+            key_id: ctx.key.as_ref().map(|k| k.id.as_str()),
+            lease: ctx.lease.as_ref().map(|l| l.name.as_str()),
+            method: method.as_str(),
+            path: &ctx.path,
             status,
-            error = ?e.map(|e| e.to_string()),
-            "request"
+            bytes_in: ctx.bytes_in,
+            bytes_out: ctx.bytes_out,
+            total: now.duration_since(ctx.started),
+            upstream: ctx.upstream_started.map(|s| now.duration_since(s)),
+            client_ip: ctx.client_ip,
+            outcome: ctx.outcome,
+            error: error.as_deref(),
+        });
+    }
+}
+
+impl GatewayProxy {
+    /// The policy chain (the module docs give the order and why).
+    async fn admit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Admitted, Refusal> {
+        let snap = Arc::clone(&ctx.snapshot);
+        let config = &snap.config;
+        request::check_head(session.req_header_mut(), &config.limits)?;
+        let ip = self.client_allowed(ctx.client_ip, config)?;
+        let host = request::host(session.req_header());
+        let base_domain = config.base_domain.as_deref();
+        if let Some(endpoint) = endpoints::own(&ctx.path, host.as_deref(), base_domain) {
+            ctx.outcome = Outcome::Endpoint;
+            // A failed write means the client is gone: nothing more to answer.
+            let _written = endpoints::answer(session, &self.runtime, endpoint).await?;
+            return Ok(Admitted::Answered);
+        }
+        let key = self.authenticate(session.req_header(), ip, &snap).await?;
+        ctx.key = Some(Arc::clone(&key));
+
+        let header = session.req_header();
+        let target = header.uri.path_and_query().map_or("/", |p| p.as_str());
+        let routed = route::route(target, host.as_deref(), base_domain)
+            .map_err(|_| Refusal::new(Problem::NotFound, Outcome::NotFound))?;
+        // The key's own rules before the lease table: a key for some leases learns nothing
+        // about which other leases exist (403 for every name outside its globs).
+        let access = acl::Access::of_request(
+            &header.method,
+            &header.headers,
+            header.uri.query(),
+            session.is_upgrade_req(),
         );
+        acl::authorize(&key, &routed.lease, access, ip, &config.ip)
+            .map_err(|denied| self.denied(denied))?;
+        let lease = snap
+            .lease(&routed.lease)
+            .cloned()
+            .ok_or_else(|| Refusal::new(Problem::NotFound, Outcome::NotFound))?;
+        ctx.lease = Some(Arc::clone(&lease));
+        request::check_declared_body(session.req_header(), &config.limits)?;
+
+        let key_rate = key.rate_limit.or(config.rate_limit.per_key);
+        let budgets = Budgets {
+            key: key_rate.map(|rate| (key.id.as_str(), rate)),
+            lease: lease.rate.map(|rate| (lease.name.as_str(), rate)),
+            global: config.rate_limit.global,
+        };
+        self.runtime.limiter.check(budgets).await?;
+        ctx.admission = Some(lease.breaker.admit()?);
+        let wait = config.limits.in_flight_queue_timeout;
+        ctx.in_flight = Some(concurrency::acquire(&lease.in_flight, wait, &lease.metrics).await?);
+
+        let uri = routed
+            .upstream_path_and_query
+            .parse::<http::Uri>()
+            .map_err(|_| Refusal::new(Problem::BadRequest, Outcome::BadRequest))?;
+        let upstream = session.req_header_mut();
+        // An HTTP/2 request names its host only in `:authority`, which the origin-form URI
+        // drops; the HTTP/1.1 request to the origin must carry it as `Host`.
+        if !upstream.headers.contains_key(http::header::HOST) {
+            if let Some(host) = &host {
+                upstream
+                    .insert_header(http::header::HOST, host.as_str())
+                    .map_err(|_| Refusal::new(Problem::BadRequest, Outcome::BadRequest))?;
+            }
+        }
+        upstream.set_uri(uri);
+        ctx.original_host = host;
+        Ok(Admitted::Proxy)
     }
-}
 
-/// The size of a parsed request head as it is written in HTTP/1.1: request line, and each
-/// field as `name: value\r\n`.
-fn head_size(head: &RequestHeader) -> usize {
-    let target = head.uri.authority().map_or(0, |a| a.as_str().len())
-        + head.uri.path_and_query().map_or(1, |p| p.as_str().len());
-    let line = head.method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
-    head.headers.iter().fold(line, |size, (name, value)| {
-        size + name.as_str().len() + value.len() + ": \r\n".len()
-    })
-}
-
-/// `Upgrade: h2c` (what `curl --http2` sends over plain HTTP) asks for HTTP/2 in place of
-/// this HTTP/1.1 connection, which the gateway does not do; RFC 9110 §7.8 lets a server ignore
-/// it, and so it does: the request stays a plain request (no tunnel, no write scope needed),
-/// and `HTTP2-Settings` goes with the `Connection` list as any hop-by-hop field does.
-fn ignore_h2c_upgrade(head: &mut RequestHeader) {
-    let only_h2c = head
-        .headers
-        .get(http::header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').all(|t| t.trim().eq_ignore_ascii_case("h2c")));
-    if only_h2c {
-        head.remove_header(&http::header::UPGRADE);
-        head.remove_header("http2-settings");
+    /// The global IP policy, before anything else is looked at.
+    fn client_allowed(
+        &self,
+        ip: Option<IpAddr>,
+        config: &postern_config::GatewayConfig,
+    ) -> Result<IpAddr, Refusal> {
+        match ip {
+            Some(ip) if acl::ip_allowed(&config.ip, ip) => Ok(ip),
+            _ => Err(self.denied(acl::Denied::Ip)),
+        }
     }
-}
 
-/// Whether a field tells an origin who the client is, how it connected or under which name;
-/// only the gateway sets these (`X-Forwarded-*` and the usual client-address fields).
-fn is_forwarding_field(name: &str) -> bool {
-    name.starts_with("x-forwarded-")
-        || matches!(
-            name,
-            "forwarded"
-                | "x-real-ip"
-                | "x-client-ip"
-                | "true-client-ip"
-                | "cf-connecting-ip"
-                | "fastly-client-ip"
-                | "x-cluster-client-ip"
-                | "x-original-forwarded-for"
-        )
-}
-
-/// Whether a field name with `_` is, read with `-` for `_`, one the gateway sets or keeps from
-/// the origin: a forwarding field, `X-Request-Id` or the `X-API-Key` credential.
-///
-/// CGI, WSGI and PHP origins see `X-Forwarded-For` and `X_Forwarded_For` as one variable
-/// (`HTTP_X_FORWARDED_FOR`), so a client could otherwise choose the address such an origin
-/// trusts, or hand it an API key under a name the gateway does not strip. nginx drops every
-/// name with `_` for the same reason (`underscores_in_headers off`); the gateway drops only
-/// these, so an origin's own `_` fields still arrive.
-fn is_underscore_spelling_of_ours(name: &str) -> bool {
-    if !name.contains('_') {
-        return false;
+    fn denied(&self, denied: acl::Denied) -> Refusal {
+        let reason = match denied {
+            acl::Denied::Ip => "ip",
+            acl::Denied::Lease => "lease",
+            acl::Denied::Scope => "scope",
+        };
+        self.runtime
+            .metrics
+            .acl_denials
+            .with_label_values(&[reason])
+            .inc();
+        Refusal::new(Problem::Forbidden, Outcome::Forbidden)
     }
-    let dashed = name.replace('_', "-");
-    is_forwarding_field(&dashed) || dashed == REQUEST_ID_FIELD || dashed == auth::API_KEY_FIELD
-}
 
-/// Whether an HTTP/1.1 request lacks the `Host` field that RFC 9112 §3.2 requires of it (the
-/// server must answer 400). HTTP/1.0 may omit it; HTTP/2 carries `:authority` instead.
-fn lacks_required_host(head: &RequestHeader) -> bool {
-    head.version == http::Version::HTTP_11 && head.headers.get(http::header::HOST).is_none()
+    /// The presented key, verified; a request without a valid key also spends its client's
+    /// per-IP budget (429 once it is spent, else 401).
+    async fn authenticate(
+        &self,
+        head: &RequestHeader,
+        ip: IpAddr,
+        snap: &Snapshot,
+    ) -> Result<Arc<ApiKey>, Refusal> {
+        let verified = match KeyTable::extract(&head.headers) {
+            Ok(Some(presented)) => {
+                let now = postern_sdk::grant::unix_now();
+                self.runtime
+                    .verifier
+                    .verify(&snap.keys, presented, now, ip)
+                    .await
+            }
+            Ok(None) => Err(AuthError::Missing),
+            Err(e) => Err(e),
+        };
+        let e = match verified {
+            Ok(key) => return Ok(key),
+            Err(e) => e,
+        };
+        self.runtime
+            .metrics
+            .auth_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        let outcome = match e {
+            AuthError::TooManyFailures { .. } => Outcome::RateLimited,
+            AuthError::Busy | AuthError::Internal => Outcome::Unavailable,
+            _ => Outcome::Unauthenticated,
+        };
+        if outcome == Outcome::Unauthenticated {
+            let bucket = crate::client_ip::bucket(ip);
+            self.runtime
+                .limiter
+                .check_ip(bucket, snap.config.rate_limit.per_ip)
+                .await?;
+        }
+        Err(Refusal::new(e.problem(), outcome))
+    }
 }
 
 /// How long an early refusal keeps reading the rest of a request body.
 const LINGER: Duration = Duration::from_secs(5);
 
-impl GatewayProxy {
-    /// Reads and discards the rest of the request body for a while after answering early
-    /// (413): closing a socket with unread input makes the kernel send a reset, which can
-    /// destroy the answer before the client reads it (nginx's "lingering close"). Bounded by
-    /// time only, [`LINGER`], like nginx's `lingering_time`: reading and dropping is cheap,
-    /// and a byte cap would reintroduce the reset for a client that is simply fast.
-    async fn linger(&self, session: &mut Session) {
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Ok(Some(_)) = session.read_request_body().await {}
-        })
-        .await;
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn head_size_is_the_size_of_the_head_as_http1_writes_it() {
-        let mut head = RequestHeader::build("GET", b"/a/b?c=d", None).unwrap();
-        head.insert_header("host", "example.test").unwrap();
-        head.append_header("x-many", "1").unwrap();
-        head.append_header("x-many", "22").unwrap();
-        let written = "GET /a/b?c=d HTTP/1.1\r\nhost: example.test\r\nx-many: 1\r\nx-many: 22\r\n";
-        assert_eq!(head_size(&head), written.len());
-    }
-
-    #[test]
-    fn only_an_h2c_upgrade_is_ignored() {
-        let mut head = RequestHeader::build("GET", b"/", None).unwrap();
-        head.insert_header("upgrade", "h2c").unwrap();
-        head.insert_header("http2-settings", "AAMAAABkAAQAAP__")
-            .unwrap();
-        ignore_h2c_upgrade(&mut head);
-        assert!(head.headers.get("upgrade").is_none());
-        assert!(head.headers.get("http2-settings").is_none());
-        for kept in ["websocket", "h2c, websocket"] {
-            let mut head = RequestHeader::build("GET", b"/", None).unwrap();
-            head.insert_header("upgrade", kept).unwrap();
-            ignore_h2c_upgrade(&mut head);
-            assert_eq!(head.headers["upgrade"], kept);
-        }
-    }
-
-    #[test]
-    fn forwarding_fields_are_recognised() {
-        for name in [
-            "x-forwarded-for",
-            "x-forwarded-port",
-            "x-forwarded-prefix",
-            "forwarded",
-        ] {
-            assert!(is_forwarding_field(name), "{name}");
-        }
-        for name in ["true-client-ip", "cf-connecting-ip", "x-real-ip"] {
-            assert!(is_forwarding_field(name), "{name}");
-        }
-        for name in ["x-forwarded", "x-request-id", "authorization", "host"] {
-            assert!(!is_forwarding_field(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn underscore_spellings_of_gateway_fields_are_recognised() {
-        for name in [
-            "x_forwarded_for",
-            "x-forwarded_for",
-            "x_real_ip",
-            "true_client_ip",
-            "x_request_id",
-            "x_api_key",
-            "x-api_key",
-        ] {
-            assert!(is_underscore_spelling_of_ours(name), "{name}");
-        }
-        for name in ["x-forwarded-for", "x-api-key", "x_custom_field", "my_token"] {
-            assert!(!is_underscore_spelling_of_ours(name), "{name}");
-        }
-    }
-
-    #[test]
-    fn http11_needs_a_host() {
-        let mut head = RequestHeader::build("GET", b"/", None).unwrap();
-        assert!(lacks_required_host(&head));
-        head.insert_header("host", "example.com").unwrap();
-        assert!(!lacks_required_host(&head));
-        let mut old = RequestHeader::build("GET", b"/", None).unwrap();
-        old.set_version(http::Version::HTTP_10);
-        assert!(!lacks_required_host(&old));
-        let mut h2 = RequestHeader::build("GET", b"/", None).unwrap();
-        h2.set_version(http::Version::HTTP_2);
-        assert!(!lacks_required_host(&h2));
-    }
+/// Reads and discards the rest of the request body for a while after answering early (413):
+/// closing a socket with unread input makes the kernel send a reset, which can destroy the
+/// answer before the client reads it (nginx's "lingering close"). Bounded by time only,
+/// [`LINGER`], like nginx's `lingering_time`: reading and dropping is cheap, and a byte cap
+/// would reintroduce the reset for a client that is simply fast.
+async fn linger(session: &mut Session) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(Some(_)) = session.read_request_body().await {}
+    })
+    .await;
 }

@@ -3,12 +3,13 @@
 //! for loopback. Both are TCP listeners to Pingora: the TLS handshake runs in
 //! [`crate::downstream`], with Pingora's acceptor, so that it is bounded in time.
 //!
-//! Certificates are loaded and checked here, with errors naming the file, before anything is
-//! handed to Pingora (whose `TlsSettings::build` panics on bad files). The listening sockets are
-//! bound here too and handed to Pingora as inherited descriptors: Pingora's own bind retries an
-//! address in use for several seconds and then panics.
+//! Certificates are loaded and checked by [`crate::tls`] before anything is handed to Pingora
+//! (whose `TlsSettings::build` panics on bad files); Pingora's acceptor asks the runtime's
+//! resolver on every handshake, so reloaded certificates reach new handshakes. The listening
+//! sockets are bound here and handed to Pingora as inherited descriptors: Pingora's own bind
+//! retries an address in use for several seconds and then panics. The metrics listener, when
+//! enabled, is bound here too and served by [`crate::endpoints`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::IntoRawFd;
 use std::sync::Arc;
@@ -20,66 +21,19 @@ use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
 use pingora::services::Service as _;
-use postern_config::TlsCert;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 
 use crate::downstream::DownstreamApp;
 use crate::proxy::GatewayProxy;
-use crate::state::GatewayState;
+use crate::runtime::Runtime;
+use crate::tls::CertResolver;
 use crate::GatewayError;
 
-/// Picks a certificate by SNI; the first configured one is the default.
-#[derive(Debug)]
-struct SniResolver {
-    by_name: HashMap<String, Arc<CertifiedKey>>,
-    default: Arc<CertifiedKey>,
-}
-
-impl ResolvesServerCert for SniResolver {
-    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let chosen = hello
-            .server_name()
-            .and_then(|n| self.by_name.get(&n.to_ascii_lowercase()))
-            .unwrap_or(&self.default);
-        Some(Arc::clone(chosen))
-    }
-}
-
-fn load_cert(tls: &TlsCert) -> Result<Arc<CertifiedKey>, GatewayError> {
-    let err = |path: &std::path::Path, e: &dyn std::fmt::Display| {
-        GatewayError::Tls(format!("{}: {e}", path.display()))
-    };
-    let certs = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| err(&tls.cert, &e))?;
-    if certs.is_empty() {
-        return Err(err(&tls.cert, &"no certificate in file"));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key).map_err(|e| err(&tls.key, &e))?;
-    let signer =
-        rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| err(&tls.key, &e))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signer)))
-}
-
-/// TLS settings with every configured certificate, validated.
-pub fn tls_settings(certs: &[TlsCert]) -> Result<TlsSettings, GatewayError> {
-    let mut by_name = HashMap::new();
-    let mut default = None;
-    for tls in certs {
-        let key = load_cert(tls)?;
-        for name in &tls.server_names {
-            by_name.insert(name.to_ascii_lowercase(), Arc::clone(&key));
-        }
-        default.get_or_insert(key);
-    }
-    let default = default.ok_or_else(|| GatewayError::Tls("no certificate configured".into()))?;
+/// TLS settings whose certificate comes from `resolver` on every handshake.
+fn tls_settings(resolver: Arc<CertResolver>) -> Result<TlsSettings, GatewayError> {
     let mut settings =
         TlsSettings::intermediate("", "").map_err(|e| GatewayError::Tls(e.to_string()))?;
-    settings.set_cert_resolver(Arc::new(SniResolver { by_name, default }));
+    settings.set_cert_resolver(resolver);
     settings.enable_h2();
     Ok(settings)
 }
@@ -124,11 +78,12 @@ pub fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
 /// The gateway's listeners, bound and ready: [`Gateway::bind`] does everything that can fail
 /// (certificates, sockets), [`Gateway::serve`] runs them.
 pub struct Gateway {
-    state: Arc<GatewayState>,
+    runtime: Arc<Runtime>,
     services: Vec<pingora::services::listening::Service<DownstreamApp<HttpProxy<GatewayProxy>>>>,
     fds: ListenFds,
     http: Option<SocketAddr>,
     https: Option<SocketAddr>,
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -143,14 +98,15 @@ impl std::fmt::Debug for Gateway {
 impl Gateway {
     /// Loads the certificates and binds the listening sockets. A configured port 0 becomes a
     /// port chosen by the system: see [`Gateway::http_addr`] and [`Gateway::https_addr`].
-    pub fn bind(state: Arc<GatewayState>) -> Result<Self, GatewayError> {
-        let listen = state.config.listen.clone();
+    pub fn bind(runtime: Arc<Runtime>) -> Result<Self, GatewayError> {
+        let snapshot = runtime.snapshot();
+        let listen = snapshot.config.listen.clone();
         let conf = Arc::new(ServerConf::default());
-        let limits = state.config.limits.clone();
+        let limits = snapshot.config.limits.clone();
         let mut proxy = pingora::proxy::http_proxy(
             &conf,
             GatewayProxy {
-                state: Arc::clone(&state),
+                runtime: Arc::clone(&runtime),
             },
         );
         // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
@@ -173,14 +129,15 @@ impl Gateway {
         let mut services = Vec::new();
         let mut sockets = Vec::new();
         let mut bound = [None, None];
+        let resolver = runtime.certs.clone();
         let listeners = [
             ("postern gateway http", listen.http, None),
-            ("postern gateway https", listen.https, Some(&listen.tls)),
+            ("postern gateway https", listen.https, resolver.as_ref()),
         ];
         for (i, (name, addr, tls)) in listeners.into_iter().enumerate() {
             let Some(addr) = addr else { continue };
             let acceptor = match tls {
-                Some(certs) => Some(tls_settings(certs)?.build()),
+                Some(resolver) => Some(tls_settings(Arc::clone(resolver))?.build()),
                 None => None,
             };
             let socket = bind(addr)?;
@@ -191,13 +148,7 @@ impl Gateway {
                 .map_err(|source| GatewayError::Listen { addr, source })?;
             bound[i] = Some(local);
             sockets.push((local, socket));
-            let app = DownstreamApp::new(
-                Arc::clone(&proxy),
-                acceptor,
-                limits.request_header_timeout,
-                limits.max_header_bytes,
-                Arc::clone(&state.connections),
-            );
+            let app = DownstreamApp::new(Arc::clone(&proxy), acceptor, Arc::clone(&runtime));
             let mut listeners = Listeners::new();
             listeners.add_listener(ListenerConfig::tcp(local.to_string()).l4_buffer(buffers));
             services.push(pingora::services::listening::Service::with_listeners(
@@ -207,13 +158,30 @@ impl Gateway {
             ));
         }
         let [http, https] = bound;
+        let metrics_config = &snapshot.config.metrics;
+        let metrics = if metrics_config.enabled {
+            let socket = bind(metrics_config.listen)?;
+            let addr = metrics_config.listen;
+            Some(
+                tokio::net::TcpListener::from_std(socket)
+                    .map_err(|source| GatewayError::Listen { addr, source })?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
-            state,
+            runtime,
             services,
             fds: inherited_fds(sockets),
             http,
             https,
+            metrics,
         })
+    }
+
+    /// The metrics listener's address, if it is enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The plain HTTP listener's address, if one is configured.
@@ -230,11 +198,19 @@ impl Gateway {
     /// `limits.shutdown_grace`.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
         let Self {
-            state,
+            runtime,
             mut services,
             fds,
+            metrics,
             ..
         } = self;
+        if let Some(listener) = metrics {
+            tokio::spawn(crate::endpoints::serve_metrics(
+                listener,
+                Arc::clone(&runtime),
+                shutdown.clone(),
+            ));
+        }
         futures::future::join_all(
             services
                 .iter_mut()
@@ -244,16 +220,11 @@ impl Gateway {
         // The listeners have stopped. Idle connections close on the shutdown signal; requests
         // and streams in flight get `shutdown_grace` to finish, each holding its connection
         // slot.
-        let open = state.open_connections();
-        // Every slot back means every connection has ended. (A cap beyond u32::MAX permits,
-        // which `acquire_many` takes, cannot be drained exactly; it is not a real
-        // configuration.)
-        let all = u32::try_from(state.max_connections()).unwrap_or(u32::MAX);
-        let grace = state.config.limits.shutdown_grace;
-        let drained = tokio::time::timeout(grace, state.connections.acquire_many(all)).await;
-        if drained.is_err() {
+        let open = runtime.connections.open();
+        let grace = runtime.snapshot().config.limits.shutdown_grace;
+        if !runtime.connections.drained(grace).await {
             tracing::warn!(
-                open = state.open_connections(),
+                open = runtime.connections.open(),
                 at_shutdown = open,
                 "shutdown grace over: client connections still open are cut"
             );
@@ -263,9 +234,9 @@ impl Gateway {
 
 /// Binds the gateway's listeners and serves until `shutdown` turns true.
 pub async fn serve(
-    state: Arc<GatewayState>,
+    runtime: Arc<Runtime>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), GatewayError> {
-    Gateway::bind(state)?.serve(shutdown).await;
+    Gateway::bind(runtime)?.serve(shutdown).await;
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use postern_gateway::state::GatewayState;
+use postern_gateway::runtime::Runtime;
 use postern_sdk::protocol::permission;
 use postern_sdk::Identity;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -21,10 +21,16 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub struct TestGateway {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// The Prometheus listener.
+    pub metrics: SocketAddr,
     /// An API key allowed on every lease.
     pub api_key: String,
-    pub state: Arc<GatewayState>,
+    pub runtime: Arc<Runtime>,
     pub ca: CertificateDer<'static>,
+    /// The config file the gateway watches (listeners on port 0); rewrite it to reload.
+    pub config_path: std::path::PathBuf,
+    /// The text first written there.
+    pub toml: String,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -94,7 +100,7 @@ impl GatewayFiles {
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut toml = format!(
-            "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{key}\"\ngrant_file = \"{grants}\"\nbase_domain = \"gw.test\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{tkey}\"\nserver_names = [\"localhost\"]\n\n{api_toml}\n{extra_toml}\n",
+            "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{key}\"\ngrant_file = \"{grants}\"\nbase_domain = \"gw.test\"\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{tkey}\"\nserver_names = [\"localhost\"]\n\n{api_toml}\n{extra_toml}\n",
             relay = net.relay_addr,
             key = key_file.display(),
             grants = grant_file.display(),
@@ -151,26 +157,94 @@ impl TestGateway {
     /// Starts a gateway serving `leases` (name, owner) with `extra_toml` appended.
     pub async fn start(net: &TestNet, leases: &[(&str, &Identity)], extra_toml: &str) -> Self {
         let files = GatewayFiles::new(net, leases, extra_toml);
-        let mut config = postern_config::parse_gateway(&files.toml, "test")
-            .unwrap_or_else(|e| panic!("{e}\n{}", files.toml));
         // In process, the listeners take ports the system picks: no race for a free port.
-        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        config.listen.https = Some(any_port);
-        config.listen.http = Some(any_port);
-        let state = Arc::new(GatewayState::load(config).unwrap());
-        let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&state)).unwrap();
+        let toml = files
+            .toml
+            .replace(
+                &format!("https = \"{}\"", files.https),
+                "https = \"127.0.0.1:0\"",
+            )
+            .replace(
+                &format!("http = \"{}\"", files.http),
+                "http = \"127.0.0.1:0\"",
+            );
+        let config_path = files.dir.path().join("gateway.toml");
+        std::fs::write(&config_path, &toml).unwrap();
+        let config =
+            postern_config::load_gateway(&config_path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let runtime = Runtime::start(config).unwrap();
+        let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&runtime)).unwrap();
         let (https, http) = (gateway.https_addr().unwrap(), gateway.http_addr().unwrap());
+        let metrics = gateway.metrics_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let serving = tokio::spawn(gateway.serve(rx));
+        tokio::spawn(postern_gateway::reload::watch(
+            Arc::clone(&runtime),
+            config_path.clone(),
+        ));
         Self {
             https,
             http,
+            metrics,
             api_key: files.api_key,
-            state,
+            runtime,
             ca: files.ca,
+            config_path,
+            toml,
             shutdown: tx,
             serving,
             _dir: files.dir,
+        }
+    }
+
+    /// Writes `toml` over the watched config file and waits (bounded) until the gateway has
+    /// applied a new snapshot or counted a failed reload; returns whether it was applied.
+    pub async fn rewrite_config(&self, toml: &str) -> bool {
+        let generation = self.runtime.snapshot().generation;
+        let failed = self.reloads_failed();
+        // Written whole and renamed over, as editors and config managers do.
+        let tmp = self.config_path.with_extension("toml.new");
+        std::fs::write(&tmp, toml).unwrap();
+        std::fs::rename(&tmp, &self.config_path).unwrap();
+        for _ in 0..500 {
+            if self.runtime.snapshot().generation > generation {
+                return true;
+            }
+            if self.reloads_failed() > failed {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the gateway neither applied nor refused the new config within 5 s");
+    }
+
+    fn reloads_failed(&self) -> f64 {
+        crate::metric_value(
+            &self.runtime.metrics.render(),
+            "postern_config_reloads_total{result=\"failed\"}",
+        )
+        .unwrap_or(0.0)
+    }
+
+    /// The text of `GET /metrics` from the metrics listener.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // hyper may send the body chunked when it does not know the length up front.
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            crate::dechunk(body)
+        } else {
+            body.to_owned()
         }
     }
 

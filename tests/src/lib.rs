@@ -25,6 +25,7 @@ use postern_sdk::{
 use tokio::net::TcpListener;
 
 pub mod gateway;
+pub mod redis;
 pub mod tap;
 
 /// Installs a test log subscriber once (RUST_LOG controls it).
@@ -355,4 +356,32 @@ pub fn built_binary(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// The value of the sample `series` (name and labels exactly as exported, e.g.
+/// `postern_requests_total{lease="web",method="GET",status_class="2xx"}`) in a Prometheus text
+/// exposition; `None` if it is not there.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+pub fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    loop {
+        let Some((size, rest)) = body.split_once("\r\n") else {
+            return out;
+        };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            return out;
+        };
+        if n == 0 || rest.len() < n {
+            return out;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
 }

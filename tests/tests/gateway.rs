@@ -150,7 +150,7 @@ async fn refusals_are_problem_documents() {
 async fn invalid_keys_never_reach_argon2() {
     let (_net, gw) =
         TestGateway::for_web_origin("[limits]\nfailed_auth_per_ip_per_minute = 100000\n").await;
-    let before = gw.state.keys.argon2_verifications();
+    let before = gw.runtime.verifier.argon2_verifications();
     let mut c = gw.plain().await;
     for i in 0..10_000u32 {
         let junk = if i % 2 == 0 {
@@ -170,7 +170,7 @@ async fn invalid_keys_never_reach_argon2() {
         }
     }
     assert_eq!(
-        gw.state.keys.argon2_verifications(),
+        gw.runtime.verifier.argon2_verifications(),
         before,
         "no argon2 for unknown or malformed keys"
     );
@@ -184,7 +184,7 @@ async fn invalid_keys_never_reach_argon2() {
         .await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
-    assert_eq!(gw.state.keys.argon2_verifications(), before + 1);
+    assert_eq!(gw.runtime.verifier.argon2_verifications(), before + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -396,12 +396,12 @@ async fn connections_over_the_cap_are_closed_at_accept() {
 
     // The start-up probes of both listeners are gone once their slots are back.
     for _ in 0..100 {
-        if gw.state.open_connections() == 0 {
+        if gw.runtime.connections.open() == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(gw.state.open_connections(), 0);
+    assert_eq!(gw.runtime.connections.open(), 0);
 
     // Two connections, one on each listener, hold both slots. Each is served once first: a
     // bare connect returns before the gateway has taken the connection from the accept queue.
@@ -418,7 +418,7 @@ async fn connections_over_the_cap_are_closed_at_accept() {
     }
 
     // A third, on either listener, is closed without an answer (within 10 s, not 300).
-    assert_eq!(gw.state.open_connections(), 2);
+    assert_eq!(gw.runtime.connections.open(), 2);
     assert_eq!(answer_on_a_new_connection(gw.http, &gw.api_key).await, "");
     let mut refused = TcpStream::connect(gw.https).await.unwrap();
     closed_within(&mut refused, Duration::from_secs(10)).await;
@@ -595,7 +595,7 @@ async fn two_spellings_of_one_lease_name_are_a_config_error() {
     // "café" precomposed (NFC) and decomposed (NFD): one lease after normalization.
     let files = GatewayFiles::new(&net, &[("caf\u{e9}", &owner), ("cafe\u{301}", &owner)], "");
     let config = postern_config::parse_gateway(&files.toml, "test").unwrap();
-    let err = postern_gateway::state::GatewayState::load(config).unwrap_err();
+    let err = postern_gateway::runtime::Runtime::start(config).unwrap_err();
     let err = err.to_string();
     assert!(
         err.contains("lease[1].name") && err.contains("NFC"),

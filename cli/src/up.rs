@@ -12,8 +12,8 @@ use postern_sdk::grant::{self, unix_now};
 use postern_sdk::protocol::{permission, LeaseGrant};
 use postern_sdk::Identity;
 
-use crate::state::GatewayState;
-use crate::GatewayError;
+use postern_gateway::runtime::Runtime;
+use postern_gateway::GatewayError;
 
 /// Where `up` listens and keeps its files (the `postern up` command line).
 #[derive(Debug, Clone, clap::Args)]
@@ -27,6 +27,9 @@ pub struct UpOptions {
     pub https: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
+    /// Prometheus metrics (`GET /metrics`), loopback only by default.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics: SocketAddr,
     /// The lease the gateway routes and the printed `expose` command registers. It is the
     /// only lease this gateway serves (its responder key is pinned from this setup); for more,
     /// run `postern-gateway` with a config that lists them.
@@ -118,19 +121,20 @@ fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<NewKey>), Ga
     let (api_keys, new_key) = if keys_path.exists() {
         (std::fs::read_to_string(&keys_path).map_err(err)?, None)
     } else {
-        let (key, id, phc) = crate::auth::generate(12).map_err(err)?;
+        let (key, id, phc) = postern_gateway::auth::generate(12).map_err(err)?;
         let record = format!(
             "[[api_key]]\nid = \"{id}\"\nhash = \"{phc}\"\nname = \"postern up\"\nleases = [\"*\"]\n"
         );
         (record.clone(), Some(NewKey { key, record }))
     };
     let toml = format!(
-        "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{gw_key}\"\ngrant_file = \"{gw_grants}\"\nbase_domain = \"localhost\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[[lease]]\nname = \"{lease}\"\nowner_identity = \"{owner}\"\n\n{api_keys}",
+        "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{gw_key}\"\ngrant_file = \"{gw_grants}\"\nbase_domain = \"localhost\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[[lease]]\nname = \"{lease}\"\nowner_identity = \"{owner}\"\n\n{api_keys}",
         relay = opts.relay,
         gw_key = dir.join("gateway.key").display(),
         gw_grants = dir.join("gateway.grants").display(),
         https = opts.https,
         http = opts.http,
+        metrics = opts.metrics,
         cert = cert_path.display(),
         key = key_path.display(),
         lease = opts.lease,
@@ -148,9 +152,9 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
     let relay_handle = relay.handle().map_err(err)?;
     tokio::spawn(relay.run());
     let config = postern_config::parse_gateway(&toml, "postern up").map_err(err)?;
-    let state = Arc::new(GatewayState::load(config)?);
+    let runtime = Runtime::start(config)?;
     // Bound before anything is printed: a port in use is an error, not a banner and then one.
-    let gateway = crate::server::Gateway::bind(state)?;
+    let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&runtime))?;
     if let Some(new) = &new_key {
         write_private(&opts.data_dir.join("api-keys.toml"), &new.record)?;
     }
@@ -160,8 +164,12 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
         None => format!("API key: the one printed on the first run (hash in {dir}/api-keys.toml)"),
     };
     let key_for_curl = new_key.as_ref().map_or("<your API key>", |new| &new.key);
+    let metrics = gateway
+        .metrics_addr()
+        .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"));
     println!(
-        "postern up: relay ws://{relay}  gateway https://{https} (and http://{http})\n{key_line}\n\n\
+        "postern up: relay ws://{relay}  gateway https://{https} (and http://{http})\n\
+         metrics: {metrics}\n{key_line}\n\n\
          1. expose a local HTTP service (port 3000 here) as lease {lease:?}:\n   \
          cargo run --release --bin postern -- expose http://127.0.0.1:3000 --lease {lease} \
          --relay ws://{relay} --grant {dir}/agent.grants --key {dir}/agent.key\n\n\
@@ -173,7 +181,7 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
         lease = opts.lease,
         port = opts.https.port(),
     );
-    let shutdown = crate::server::shutdown_on_stop_signal();
+    let shutdown = postern_gateway::server::shutdown_on_stop_signal();
     gateway.serve(shutdown).await;
     relay_handle.shutdown();
     Ok(())
