@@ -120,6 +120,10 @@ struct ExposeArgs {
     /// Keep the caller's Host header instead of rewriting it to the target.
     #[arg(long)]
     keep_host: bool,
+    /// Most header fields a request may carry: the gateway's `limits.max_header_count`
+    /// (room for the fields the gateway adds is kept on top).
+    #[arg(long, default_value_t = postern_sdk::expose::DEFAULT_MAX_HEADER_COUNT)]
+    max_header_count: usize,
     /// Only accept dialers with this X25519 public key (base64); repeatable.
     #[arg(long)]
     allow_dialer: Vec<String>,
@@ -271,10 +275,18 @@ async fn agent_cmd(path: &Path) -> anyhow::Result<()> {
         println!("postern: forwarding lease {lease:?} → {target}");
     }
     tokio::select! {
-        r = expose::serve_leases(listener, targets, None, ExposeOptions::default()) => r?,
+        r = expose::serve_leases(listener, targets, None, expose_options(cfg.limits.max_header_count)) => r?,
         _ = postern_sdk::signal::stop_signal() => eprintln!("postern: stopping"),
     }
     Ok(())
+}
+
+/// The agent's HTTP limits for a gateway that accepts `max_header_count` fields.
+fn expose_options(max_header_count: usize) -> ExposeOptions {
+    ExposeOptions {
+        max_header_count: max_header_count.saturating_add(expose::GATEWAY_ADDED_FIELDS),
+        ..ExposeOptions::default()
+    }
 }
 
 fn print_status(mut status: tokio::sync::watch::Receiver<ListenerStatus>) {
@@ -344,7 +356,7 @@ async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
         args.lease
     );
     tokio::select! {
-        r = expose::serve(listener, target, ExposeOptions::default()) => r?,
+        r = expose::serve(listener, target, expose_options(args.max_header_count)) => r?,
         _ = postern_sdk::signal::stop_signal() => eprintln!("postern: stopping"),
     }
     Ok(())

@@ -94,6 +94,9 @@ pub struct AgentLimits {
     #[serde(with = "humantime_serde")]
     pub idle_session_timeout: Duration,
     pub max_e2ee_sessions: usize,
+    /// Most fields a request head may carry; set it to the gateway's `limits.max_header_count`
+    /// (the agent adds room for the few fields the gateway itself sets).
+    pub max_header_count: usize,
 }
 
 impl Default for AgentLimits {
@@ -104,6 +107,7 @@ impl Default for AgentLimits {
             handshake_timeout: Duration::from_secs(10),
             idle_session_timeout: Duration::from_secs(600),
             max_e2ee_sessions: 1024,
+            max_header_count: 100,
         }
     }
 }
@@ -217,6 +221,7 @@ impl AgentLimits {
                 ("max_inner_streams", self.max_inner_streams),
                 ("max_pending_accepts", self.max_pending_accepts),
                 ("max_e2ee_sessions", self.max_e2ee_sessions),
+                ("max_header_count", self.max_header_count),
             ],
         )?;
         all_nonzero(

@@ -84,7 +84,19 @@ pub struct ExposeOptions {
     pub request_header_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_header_bytes: usize,
+    /// Most fields a request head from the gateway may carry: the gateway's own
+    /// `limits.max_header_count` (what it accepts from clients) plus
+    /// [`GATEWAY_ADDED_FIELDS`], so that a request the gateway accepts is never refused here
+    /// (hyper's default of about 100 would be an invisible second limit).
+    pub max_header_count: usize,
 }
+
+/// Fields the gateway may add to a request before it reaches the agent (`X-Forwarded-For`,
+/// `-Proto`, `-Host`, `X-Request-Id`, `Connection`, `Host`) with room to spare.
+pub const GATEWAY_ADDED_FIELDS: usize = 10;
+
+/// The gateway's default `limits.max_header_count`.
+pub const DEFAULT_MAX_HEADER_COUNT: usize = 100;
 
 impl Default for ExposeOptions {
     fn default() -> Self {
@@ -93,6 +105,7 @@ impl Default for ExposeOptions {
             request_header_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_header_bytes: 64 * 1024,
+            max_header_count: DEFAULT_MAX_HEADER_COUNT + GATEWAY_ADDED_FIELDS,
         }
     }
 }
@@ -239,6 +252,7 @@ async fn serve_http(fwd: Arc<HttpForwarder>, mut stream: PosternStream) {
             .timer(TokioTimer::new())
             .header_read_timeout(fwd.opts.request_header_timeout)
             .max_buf_size(fwd.opts.max_header_bytes.max(8192))
+            .max_headers(fwd.opts.max_header_count)
             .serve_connection(io, service)
             .with_upgrades()
             .await
