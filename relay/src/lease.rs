@@ -7,7 +7,8 @@
 //!   over, and the newest session gets new connects.
 //! * Every lease expires: TTL from the request, capped by config and by the grant's expiry.
 //!   Renewal extends it; a session that goes away takes its leases with it.
-//! * Counts are bounded globally and per session.
+//! * Counts are bounded globally and per session. The bounds are passed in at each
+//!   registration (from the settings snapshot), so a config reload applies to the next one.
 //!
 //! The relay never learns anything about a lease beyond what is stored here: name, keys,
 //! ALPN, metadata and timing.
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use postern_sdk::mux::MuxHandle;
 use postern_sdk::protocol::ErrorCode;
-use tokio::sync::Semaphore;
+
+use crate::slots::Slots;
 
 /// Identifies one client session on this relay.
 pub type SessionId = u64;
@@ -39,8 +41,8 @@ pub struct Lease {
     pub ttl: Duration,
     /// Latest moment renewals may push `expires_at` to (the grant's expiry).
     pub hard_expiry: Instant,
-    /// Spliced streams currently open to this lease.
-    pub streams: Arc<Semaphore>,
+    /// Spliced streams currently open to this lease (against `limits.max_streams_per_lease`).
+    pub streams: Arc<Slots>,
 }
 
 /// A refusal with its wire code.
@@ -63,7 +65,6 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> LeaseError {
 pub struct LeaseLimits {
     pub max_leases: usize,
     pub max_leases_per_session: usize,
-    pub max_streams_per_lease: usize,
     pub ttl_default: Duration,
     pub ttl_max: Duration,
 }
@@ -89,7 +90,7 @@ pub struct Route {
     pub owner: MuxHandle,
     pub e2ee_static_key: Vec<u8>,
     pub static_key_signature: Vec<u8>,
-    pub streams: Arc<Semaphore>,
+    pub streams: Arc<Slots>,
 }
 
 #[derive(Debug, Default)]
@@ -112,18 +113,14 @@ impl Inner {
 }
 
 /// The relay's lease table.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LeaseTable {
-    limits: LeaseLimits,
     inner: Mutex<Inner>,
 }
 
 impl LeaseTable {
-    pub fn new(limits: LeaseLimits) -> Self {
-        Self {
-            limits,
-            inner: Mutex::new(Inner::default()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -132,12 +129,14 @@ impl LeaseTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers (or takes over) a lease; returns its expiry.
-    pub fn register(&self, req: NewLease, now: Instant) -> Result<Instant, LeaseError> {
-        let ttl = req
-            .ttl
-            .unwrap_or(self.limits.ttl_default)
-            .min(self.limits.ttl_max);
+    /// Registers (or takes over) a lease within `limits`; returns its expiry.
+    pub fn register(
+        &self,
+        req: NewLease,
+        limits: &LeaseLimits,
+        now: Instant,
+    ) -> Result<Instant, LeaseError> {
+        let ttl = req.ttl.unwrap_or(limits.ttl_default).min(limits.ttl_max);
         let expires_at = (now + ttl).min(req.grant_expiry);
         if expires_at <= now {
             return Err(refuse(ErrorCode::GrantExpired, "grant expired"));
@@ -156,11 +155,10 @@ impl LeaseTable {
         }
         if !replaces_own {
             let mine = inner.per_session.get(&req.session).copied().unwrap_or(0);
-            if mine >= self.limits.max_leases_per_session {
+            if mine >= limits.max_leases_per_session {
                 return Err(refuse(ErrorCode::Limit, "too many leases on this session"));
             }
-            if !inner.leases.contains_key(&req.name) && inner.leases.len() >= self.limits.max_leases
-            {
+            if !inner.leases.contains_key(&req.name) && inner.leases.len() >= limits.max_leases {
                 return Err(refuse(ErrorCode::Limit, "relay lease limit reached"));
             }
         }
@@ -168,7 +166,7 @@ impl LeaseTable {
         let streams = inner
             .remove(&req.name)
             .map(|old| old.streams)
-            .unwrap_or_else(|| Arc::new(Semaphore::new(self.limits.max_streams_per_lease)));
+            .unwrap_or_default();
         *inner.per_session.entry(req.session).or_default() += 1;
         inner.leases.insert(
             req.name.clone(),
@@ -285,14 +283,31 @@ mod tests {
         mux::spawn(a, Side::Server, MuxConfig::default()).0
     }
 
-    fn table() -> LeaseTable {
-        LeaseTable::new(LeaseLimits {
-            max_leases: 3,
-            max_leases_per_session: 2,
-            max_streams_per_lease: 4,
-            ttl_default: Duration::from_secs(60),
-            ttl_max: Duration::from_secs(600),
-        })
+    const LIMITS: LeaseLimits = LeaseLimits {
+        max_leases: 3,
+        max_leases_per_session: 2,
+        ttl_default: Duration::from_secs(60),
+        ttl_max: Duration::from_secs(600),
+    };
+
+    /// A table whose `register` always applies [`LIMITS`].
+    struct Table(LeaseTable);
+
+    impl std::ops::Deref for Table {
+        type Target = LeaseTable;
+        fn deref(&self) -> &LeaseTable {
+            &self.0
+        }
+    }
+
+    impl Table {
+        fn register(&self, req: NewLease, now: Instant) -> Result<Instant, LeaseError> {
+            self.0.register(req, &LIMITS, now)
+        }
+    }
+
+    fn table() -> Table {
+        Table(LeaseTable::new())
     }
 
     fn req(name: &str, identity: u8, session: SessionId, owner: &MuxHandle) -> NewLease {
@@ -361,6 +376,21 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert!(t.route("a", now).is_none());
         assert!(t.route("c", now).is_some());
+    }
+
+    #[tokio::test]
+    async fn limits_are_those_passed_at_registration() {
+        let t = LeaseTable::new();
+        let h = handle();
+        let now = Instant::now();
+        let one = LeaseLimits {
+            max_leases: 1,
+            ..LIMITS
+        };
+        t.register(req("a", 1, 1, &h), &one, now).unwrap();
+        let refused = t.register(req("b", 1, 1, &h), &one, now).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::Limit);
+        t.register(req("b", 1, 1, &h), &LIMITS, now).unwrap();
     }
 
     #[tokio::test]

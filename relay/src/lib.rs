@@ -7,25 +7,38 @@
 //! decrypts and holds no key that could** — it knows lease names, public keys, sizes and timing.
 //!
 //! Modules: [`server`] (listener, HTTP, TLS, shutdown), `session` (control stream and
-//! authentication), [`lease`] (the lease table), `splice` (connect-and-splice), `state`
-//! (shared state and counters).
+//! authentication), `client` (what an authenticated client holds), [`lease`] (the lease
+//! table), `splice` (connect-and-splice), `state` (shared state and the reloadable settings
+//! snapshot), `slots` (counts under a reloadable limit), `metrics` (Prometheus counters and
+//! their listener), `reload` (applying a new configuration). Dependencies point one way:
+//! `server` → `session` → `splice` → `client`, all of them → `state`.
+//!
+//! Operations: `GET /metrics` on its own listener ([`RelayHandle::metrics_addr`]); a new
+//! configuration applied without a restart ([`RelayHandle::reload`],
+//! [`RelayHandle::watch_config`] for file changes and SIGHUP).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use postern_config::RelayConfig;
+use postern_config::{ConfigWatcher, RelayConfig};
 use tokio::net::TcpListener;
 
+mod client;
 pub mod lease;
+mod metrics;
+mod reload;
 pub mod server;
 mod session;
+mod slots;
 mod splice;
 mod state;
 
-pub use state::RelayMetrics;
-use state::RelayState;
+pub use metrics::RelayMetrics;
+pub use reload::{ReloadOutcome, WATCH_DEBOUNCE};
+use state::{RelayState, Settings};
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -41,12 +54,17 @@ pub enum RelayError {
     Tls(String),
     #[error("control-plane key: {0}")]
     Key(String),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error(transparent)]
+    Watch(#[from] postern_config::WatchError),
 }
 
 /// A bound relay, ready to run.
 pub struct Relay {
     state: Arc<RelayState>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
@@ -64,32 +82,37 @@ impl std::fmt::Debug for Relay {
 pub struct RelayHandle {
     state: Arc<RelayState>,
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Relay {
-    /// Validates `config`, loads TLS material and binds the listener.
+    /// Validates `config`, decodes its keys and loads its TLS material: everything
+    /// [`Relay::bind`] does short of binding. `postern-relay check-config` runs this.
+    pub fn check(config: &RelayConfig) -> Result<(), RelayError> {
+        Settings::resolve(config)?;
+        if let Some(files) = &config.listen.tls {
+            server::load_tls(files)?;
+        }
+        Ok(())
+    }
+
+    /// Validates `config`, loads TLS material and binds the tunnel listener and, if enabled,
+    /// the metrics listener (either failing to bind is an error).
     pub async fn bind(config: RelayConfig) -> Result<Self, RelayError> {
-        config.validate()?;
-        let trusted = config
-            .control_plane
-            .public_key_bytes()
-            .iter()
-            .map(|b| {
-                ed25519_dalek::VerifyingKey::from_bytes(b)
-                    .map_err(|e| RelayError::Key(e.to_string()))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let settings = Settings::resolve(&config)?;
         let tls = match &config.listen.tls {
             Some(files) => Some(server::load_tls(files)?),
             None => None,
         };
-        let addr = config.listen.addr;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| RelayError::Bind { addr, source })?;
+        let listener = bind(config.listen.addr).await?;
+        let metrics_listener = match config.metrics.enabled {
+            true => Some(bind(config.metrics.listen).await?),
+            false => None,
+        };
         Ok(Self {
-            state: Arc::new(RelayState::new(config, trusted)),
+            state: Arc::new(RelayState::new(config, settings)?),
             listener,
+            metrics_listener,
             tls,
         })
     }
@@ -102,6 +125,11 @@ impl Relay {
         Ok(RelayHandle {
             state: Arc::clone(&self.state),
             addr: self.local_addr()?,
+            metrics_addr: self
+                .metrics_listener
+                .as_ref()
+                .map(TcpListener::local_addr)
+                .transpose()?,
         })
     }
 
@@ -110,9 +138,15 @@ impl Relay {
     pub async fn run(self) {
         let state = Arc::clone(&self.state);
         let sweeper = tokio::spawn(sweep_leases(Arc::clone(&state)));
+        let metrics = self.metrics_listener.map(|listener| {
+            let render_state = Arc::clone(&state);
+            let render: Arc<dyn Fn() -> String + Send + Sync> =
+                Arc::new(move || render_metrics(&render_state));
+            tokio::spawn(metrics::serve(listener, render, state.hard_stop.clone()))
+        });
         server::accept_loop(Arc::clone(&state), self.listener, self.tls).await;
         tracing::info!("relay shutting down; draining spliced streams");
-        let grace = state.config.timeouts.shutdown_grace;
+        let grace = state.settings().timeouts.shutdown_grace;
         let drained = tokio::time::timeout(grace, async {
             while state.metrics.splices_active.load(Ordering::Relaxed) > 0 {
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -126,8 +160,21 @@ impl Relay {
         state.tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), state.tasks.wait()).await;
         sweeper.abort();
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
         tracing::info!("relay stopped");
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RelayError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RelayError::Bind { addr, source })
+}
+
+fn render_metrics(state: &RelayState) -> String {
+    state.metrics.render(state.leases.len())
 }
 
 async fn sweep_leases(state: Arc<RelayState>) {
@@ -163,5 +210,40 @@ impl RelayHandle {
 
     pub fn lease_count(&self) -> usize {
         self.state.leases.len()
+    }
+
+    /// The bound metrics listener, `None` when `metrics.enabled = false`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// What `GET /metrics` answers now (Prometheus text format).
+    pub fn render_metrics(&self) -> String {
+        render_metrics(&self.state)
+    }
+
+    /// Applies a new configuration: validates it whole and swaps in its limits, timeouts and
+    /// trusted keys, or changes nothing and returns the error. Settings that need a restart
+    /// are listed in the outcome, not applied. See the `reload` module for what applies when.
+    pub fn reload(&self, config: RelayConfig) -> Result<ReloadOutcome, RelayError> {
+        reload::apply(&self.state, config)
+    }
+
+    /// [`RelayHandle::reload`] from a file, read and validated whole; the error names the
+    /// file, line and field.
+    pub fn reload_file(&self, path: &Path) -> Result<ReloadOutcome, RelayError> {
+        reload::apply_file(&self.state, path)
+    }
+
+    /// Reloads `path` whenever it changes (debounced by [`WATCH_DEBOUNCE`]) or the process
+    /// gets SIGHUP, until the relay shuts down. Must be called inside a tokio runtime; the
+    /// watch is set up before this returns.
+    pub fn watch_config(&self, path: &Path) -> Result<tokio::task::JoinHandle<()>, RelayError> {
+        let watcher = ConfigWatcher::new(path, WATCH_DEBOUNCE)?;
+        Ok(tokio::spawn(reload::watch(
+            Arc::clone(&self.state),
+            watcher,
+            path.to_path_buf(),
+        )))
     }
 }

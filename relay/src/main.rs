@@ -1,9 +1,11 @@
-//! `postern-relay`: runs a relay from a TOML config file.
+//! `postern-relay`: runs a relay from a TOML config file (reloading it when it changes or on
+//! SIGHUP), or with `--dev` from generated keys; `check-config FILE` validates a file offline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use postern_relay::Relay;
 
 /// glibc's allocator serialises on its arena locks when one thread frees what another
@@ -17,9 +19,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Postern relay: brokers leases and splices end-to-end-encrypted streams it cannot read.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, subcommand_negates_reqs = true)]
 struct Args {
-    /// Path to the relay's TOML config (see config/examples/relay.toml).
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Path to the relay's TOML config (see config/examples/relay.toml). The relay reloads it
+    /// when it changes and on SIGHUP; listen, TLS and metrics settings need a restart.
     #[arg(
         long,
         short,
@@ -42,9 +47,39 @@ struct Args {
     json_logs: bool,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validates a config file without starting: parses and checks it, loads its TLS files
+    /// and decodes its control-plane keys. Prints `ok: FILE`, or the error (file, line, field)
+    /// and exits non-zero.
+    CheckConfig {
+        /// The relay config file.
+        file: PathBuf,
+    },
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    let checked = postern_config::load_relay(file)
+        .map_err(postern_relay::RelayError::from)
+        .and_then(|config| Relay::check(&config));
+    match checked {
+        Ok(()) => {
+            println!("ok: {}", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if let Some(Command::CheckConfig { file }) = &args.command {
+        return Ok(check_config(file));
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     if args.json_logs {
@@ -62,6 +97,14 @@ async fn main() -> anyhow::Result<()> {
     let relay = Relay::bind(config).await.context("starting the relay")?;
     let handle = relay.handle()?;
     tracing::info!(addr = %handle.local_addr(), "relay listening");
+    if let Some(addr) = handle.metrics_addr() {
+        tracing::info!(%addr, "metrics listening");
+    }
+    if let Some(path) = &args.config {
+        handle
+            .watch_config(path)
+            .context("watching the config file")?;
+    }
     let shutdown = handle.clone();
     tokio::spawn(async move {
         postern_sdk::signal::stop_signal().await;
@@ -69,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         shutdown.shutdown();
     });
     relay.run().await;
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 mod dev {

@@ -3,7 +3,10 @@
 //!
 //! Connections are bounded by `limits.max_sessions`; request headers must arrive within the
 //! hello timeout (slowloris); graceful shutdown stops accepting, refuses new work and waits up
-//! to `timeouts.shutdown_grace` for spliced streams to drain before dropping the rest.
+//! to `timeouts.shutdown_grace` for spliced streams to drain before dropping the rest. Limits
+//! and timeouts are read from the settings snapshot at each accept, so a reload applies to the
+//! next connection. The Prometheus endpoint is not here: it has a listener of its own
+//! (`metrics`).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -74,7 +77,8 @@ pub(crate) async fn accept_loop(
             },
             _ = state.shutdown.cancelled() => return,
         };
-        let Ok(permit) = Arc::clone(&state.sessions).try_acquire_owned() else {
+        let max_sessions = state.settings.load().limits.max_sessions;
+        let Some(slot) = state.sessions.try_acquire(max_sessions) else {
             tracing::warn!(%peer, "connection limit reached; closing");
             continue;
         };
@@ -83,13 +87,13 @@ pub(crate) async fn accept_loop(
         let tls = tls.clone();
         state
             .tasks
-            .spawn(serve_connection(state2, tcp, peer, tls, Arc::new(permit)));
+            .spawn(serve_connection(state2, tcp, peer, tls, Arc::new(slot)));
     }
 }
 
 /// A connection's slot of `limits.max_sessions`: held by the HTTP connection and, after an
 /// upgrade, by the tunnel session, until both are gone.
-type Slot = Arc<tokio::sync::OwnedSemaphorePermit>;
+type Slot = Arc<crate::slots::Slot>;
 
 async fn serve_connection(
     state: Arc<RelayState>,
@@ -98,7 +102,7 @@ async fn serve_connection(
     tls: Option<TlsAcceptor>,
     slot: Slot,
 ) {
-    let hello = state.config.timeouts.hello;
+    let hello = state.settings.load().timeouts.hello;
     match tls {
         Some(acceptor) => match tokio::time::timeout(hello, acceptor.accept(tcp)).await {
             Ok(Ok(stream)) => serve_http(state, TokioIo::new(stream), peer, slot).await,
@@ -113,6 +117,7 @@ async fn serve_http<I>(state: Arc<RelayState>, io: I, peer: SocketAddr, slot: Sl
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let hello = state.settings.load().timeouts.hello;
     let service_state = Arc::clone(&state);
     let service = hyper::service::service_fn(move |req| {
         let state = Arc::clone(&service_state);
@@ -121,7 +126,7 @@ where
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.timeouts.hello)
+        .header_read_timeout(hello)
         .max_buf_size(64 * 1024)
         .serve_connection(io, service)
         .with_upgrades();
@@ -164,7 +169,7 @@ fn health(state: &RelayState) -> Response<Full<Bytes>> {
         m.sessions_active.load(Ordering::Relaxed),
         state.leases.len(),
         m.splices_active.load(Ordering::Relaxed),
-        m.bytes_spliced.load(Ordering::Relaxed),
+        m.bytes_spliced(),
     );
     let mut resp = text(status, body);
     resp.headers_mut().insert(
@@ -196,7 +201,7 @@ fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let max_ws = state.config.limits.max_ws_message_bytes;
+    let max_ws = state.settings.load().limits.max_ws_message_bytes;
     let state2 = Arc::clone(&state);
     state.tasks.spawn(async move {
         let _slot = slot;
@@ -213,14 +218,9 @@ fn upgrade(
             Some(ws_config(max_ws)),
         )
         .await;
-        let m = &state2.metrics;
-        m.sessions_active.fetch_add(1, Ordering::Relaxed);
-        m.sessions_total.fetch_add(1, Ordering::Relaxed);
+        state2.metrics.session_started();
         session::run(Arc::clone(&state2), WsByteStream::new(ws), peer).await;
-        state2
-            .metrics
-            .sessions_active
-            .fetch_sub(1, Ordering::Relaxed);
+        state2.metrics.session_ended();
     });
     let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
     let h = resp.headers_mut();

@@ -6,6 +6,11 @@
 //! grant covering its name, connecting needs a DIAL grant (unless the operator turned that
 //! off). Every malformed or oversized frame gets an error frame where possible and a closed
 //! stream; nothing a client sends can panic a task or stop other sessions.
+//!
+//! A session reads the settings snapshot once when it starts (stream and frame limits, hello
+//! timeout, trusted keys: what it told the client and how it checked it) and the current one
+//! at each registration. Connect streams are handed to `splice`, which depends on this module
+//! for nothing: what both need to know about the client is in `client`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,34 +24,17 @@ use postern_sdk::lease_name;
 use postern_sdk::mux::{self, MuxConfig, MuxHandle, MuxStream, Side};
 use postern_sdk::protocol::{
     client_frame, permission, relay_frame, Authenticate, Authenticated, ClientFrame, ErrorCode,
-    LeaseGrant, LeaseGranted, RegisterLease, RelayFrame, ServerHello, MAX_ALPN_BYTES,
-    MAX_ALPN_ENTRIES, MAX_GRANTS_PER_SESSION, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES,
-    MAX_METADATA_VALUE_BYTES, PROTOCOL_VERSION,
+    LeaseGranted, RegisterLease, RelayFrame, ServerHello, MAX_ALPN_BYTES, MAX_ALPN_ENTRIES,
+    MAX_GRANTS_PER_SESSION, MAX_METADATA_ENTRIES, MAX_METADATA_KEY_BYTES, MAX_METADATA_VALUE_BYTES,
+    PROTOCOL_VERSION,
 };
 use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::client::Client;
 use crate::lease::{LeaseError, NewLease, SessionId};
 use crate::splice;
-use crate::state::RelayState;
-
-/// What the relay knows about an authenticated client.
-#[derive(Debug)]
-pub(crate) struct Client {
-    pub id: SessionId,
-    pub identity_key: [u8; 32],
-    pub grants: Vec<LeaseGrant>,
-}
-
-impl Client {
-    /// The grant that lets this client do `permission` on `lease`, if any.
-    pub fn grant_for(&self, lease: &str, permission: u32) -> Option<&LeaseGrant> {
-        let now = unix_now();
-        self.grants.iter().find(|g| {
-            g.expires_at_unix > now && g.check(&self.identity_key, lease, permission).is_ok()
-        })
-    }
-}
+use crate::state::{RelayState, Settings};
 
 /// Runs a session over an accepted WebSocket byte stream until it ends.
 pub(crate) async fn run<T>(state: Arc<RelayState>, io: T, peer: std::net::SocketAddr)
@@ -54,7 +42,8 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = state.next_session_id();
-    let limits = &state.config.limits;
+    let settings = state.settings();
+    let limits = &settings.limits;
     let (handle, mut inbound) = mux::spawn(
         io,
         Side::Server,
@@ -65,7 +54,7 @@ where
             ..MuxConfig::default()
         },
     );
-    let hello_timeout = state.config.timeouts.hello;
+    let hello_timeout = settings.timeouts.hello;
     let control = match tokio::time::timeout(hello_timeout, inbound.accept()).await {
         Ok(Some(stream)) => stream,
         _ => {
@@ -74,18 +63,22 @@ where
         }
     };
     let mut control = control;
-    let client =
-        match tokio::time::timeout(hello_timeout, authenticate(&state, &mut control, id)).await {
-            Ok(Ok(client)) => Arc::new(client),
-            Ok(Err(e)) => {
-                tracing::info!(%peer, session = id, error = %e, "session refused");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, session = id, "session hello timed out");
-                return;
-            }
-        };
+    let client = match tokio::time::timeout(
+        hello_timeout,
+        authenticate(&settings, &mut control, id),
+    )
+    .await
+    {
+        Ok(Ok(client)) => Arc::new(client),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, session = id, error = %e, "session refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, session = id, "session hello timed out");
+            return;
+        }
+    };
     tracing::info!(%peer, session = id, grants = client.grants.len(), "session authenticated");
 
     let control_task = tokio::spawn(control_loop(
@@ -121,35 +114,37 @@ enum AuthError {
 }
 
 async fn refuse(
-    state: &RelayState,
+    settings: &Settings,
     stream: &mut MuxStream,
     code: ErrorCode,
     message: &str,
 ) -> AuthError {
     let frame = RelayFrame::error(code, message, "");
-    let _ = write_frame(stream, &frame, state.max_frame()).await;
+    let _ = write_frame(stream, &frame, settings.max_frame()).await;
     AuthError::Refused(code, message.into())
 }
 
 async fn authenticate(
-    state: &RelayState,
+    settings: &Settings,
     control: &mut MuxStream,
     id: SessionId,
 ) -> Result<Client, AuthError> {
-    let max = state.max_frame();
+    let max = settings.max_frame();
     let hello = match read_frame::<ClientFrame, _>(control, max).await {
         Ok(ClientFrame {
             msg: Some(client_frame::Msg::Hello(h)),
         }) => h,
-        Ok(_) => return Err(refuse(state, control, ErrorCode::Malformed, "expected hello").await),
+        Ok(_) => {
+            return Err(refuse(settings, control, ErrorCode::Malformed, "expected hello").await)
+        }
         Err(e) => {
-            let _ = refuse(state, control, ErrorCode::Malformed, &e.to_string()).await;
+            let _ = refuse(settings, control, ErrorCode::Malformed, &e.to_string()).await;
             return Err(e.into());
         }
     };
     if hello.protocol_version != PROTOCOL_VERSION {
         let msg = format!("protocol version {} not supported", hello.protocol_version);
-        return Err(refuse(state, control, ErrorCode::UnsupportedVersion, &msg).await);
+        return Err(refuse(settings, control, ErrorCode::UnsupportedVersion, &msg).await);
     }
     let mut nonce = vec![0u8; 32];
     rand::thread_rng().fill_bytes(&mut nonce);
@@ -165,7 +160,7 @@ async fn authenticate(
         }) => a,
         Ok(_) => {
             return Err(refuse(
-                state,
+                settings,
                 control,
                 ErrorCode::Malformed,
                 "expected authenticate",
@@ -173,14 +168,14 @@ async fn authenticate(
             .await)
         }
         Err(e) => {
-            let _ = refuse(state, control, ErrorCode::Malformed, &e.to_string()).await;
+            let _ = refuse(settings, control, ErrorCode::Malformed, &e.to_string()).await;
             return Err(e.into());
         }
     };
     let identity_key: [u8; 32] = match auth.identity_key.as_slice().try_into() {
         Ok(k) => k,
         Err(_) => {
-            return Err(refuse(state, control, ErrorCode::Malformed, "identity key").await);
+            return Err(refuse(settings, control, ErrorCode::Malformed, "identity key").await);
         }
     };
     let proven = VerifyingKey::from_bytes(&identity_key)
@@ -188,7 +183,7 @@ async fn authenticate(
         .unwrap_or(false);
     if !proven {
         return Err(refuse(
-            state,
+            settings,
             control,
             ErrorCode::Unauthenticated,
             "signature over the session nonce does not verify",
@@ -196,23 +191,25 @@ async fn authenticate(
         .await);
     }
     if auth.grants.len() > MAX_GRANTS_PER_SESSION {
-        return Err(refuse(state, control, ErrorCode::Limit, "too many grants").await);
+        return Err(refuse(settings, control, ErrorCode::Limit, "too many grants").await);
     }
     let now = unix_now();
     let mut grants = Vec::with_capacity(auth.grants.len());
     for signed in &auth.grants {
-        match grant::verify(signed, &state.trusted_keys, now) {
+        match grant::verify(signed, &settings.trusted_keys, now) {
             Ok(g) if g.identity_key == identity_key => grants.push(g),
             Ok(_) => {
                 let msg = "grant names another identity key";
-                return Err(refuse(state, control, ErrorCode::GrantInvalid, msg).await);
+                return Err(refuse(settings, control, ErrorCode::GrantInvalid, msg).await);
             }
             Err(grant::GrantError::Expired) => {
                 let msg = "grant expired";
-                return Err(refuse(state, control, ErrorCode::GrantExpired, msg).await);
+                return Err(refuse(settings, control, ErrorCode::GrantExpired, msg).await);
             }
             Err(e) => {
-                return Err(refuse(state, control, ErrorCode::GrantInvalid, &e.to_string()).await);
+                return Err(
+                    refuse(settings, control, ErrorCode::GrantInvalid, &e.to_string()).await,
+                );
             }
         }
     }
@@ -224,6 +221,7 @@ async fn authenticate(
         id,
         identity_key,
         grants,
+        max_frame: max,
     })
 }
 
@@ -233,7 +231,7 @@ async fn control_loop(
     client: Arc<Client>,
     handle: MuxHandle,
 ) {
-    let max = state.max_frame();
+    let max = client.max_frame;
     loop {
         let frame = match read_frame::<ClientFrame, _>(&mut control, max).await {
             Ok(f) => f,
@@ -354,6 +352,7 @@ fn register(
     let now = Instant::now();
     let grant_left = grant.expires_at_unix.saturating_sub(unix_now());
     let ttl = (req.ttl_secs > 0).then(|| Duration::from_secs(u64::from(req.ttl_secs)));
+    let limits = state.settings.load().lease_limits();
     let expires = state.leases.register(
         NewLease {
             name: name.clone(),
@@ -367,6 +366,7 @@ fn register(
             ttl,
             grant_expiry: now + Duration::from_secs(grant_left),
         },
+        &limits,
         now,
     )?;
     tracing::info!(session = client.id, lease = %name, "lease registered");
