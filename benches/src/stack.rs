@@ -107,6 +107,7 @@ pub fn start_relay(relay_bin: &Path, children: &Children, dir: &Path, keys: &Key
         format!(
             "require_dial_grant = true\n\n[listen]\naddr = \"{addr}\"\n\n\
              [control_plane]\npublic_keys = [\"{}\"]\n\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n\n\
              [limits]\nmax_streams_per_session = 4096\nmax_streams_per_lease = 4096\n",
             keys.control_plane.public_base64()
         ),

@@ -254,7 +254,9 @@ mod tests {
 
     fn field(extra: &str) -> String {
         match parse(extra) {
-            Err(ConfigError::Invalid { field, .. }) => field,
+            Err(e @ (ConfigError::Invalid { .. } | ConfigError::InvalidAt { .. })) => {
+                e.field().unwrap_or_default().to_owned()
+            }
             other => panic!("expected Invalid for {extra:?}, got {other:?}"),
         }
     }

@@ -36,9 +36,7 @@ pub fn parse_relay(text: &str, origin: &str) -> Result<RelayConfig, ConfigError>
 /// Validation errors stay [`ConfigError::Invalid`] (no line) here for now: the agent's unit
 /// tests match on that variant. [`load_agent`], which the `postern` command uses, locates them.
 pub fn parse_agent(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
-    let config: AgentConfig = parse(text, origin)?;
-    config.validate()?;
-    Ok(config)
+    parse_validated(text, origin, AgentConfig::validate)
 }
 
 /// Parses `text` into `T` and runs `validate` on it. A [`ConfigError::Invalid`] from

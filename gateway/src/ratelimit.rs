@@ -46,6 +46,10 @@ use self::redis::{RedisDecision, RedisLimit, RedisLimiter};
 type DirectLimiter =
     governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
+/// The in-process limiters of keys, leases and the whole gateway, with the rate each was
+/// made for.
+type NamedLimiters = HashMap<(Limit, String), (Rate, Arc<DirectLimiter>)>;
+
 /// Which budget a decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Limit {
@@ -79,7 +83,7 @@ pub struct Budgets<'a> {
 
 /// Every limiter of the gateway; lives in the runtime, across reloads.
 pub struct RateLimiter {
-    named: RwLock<HashMap<(Limit, String), (Rate, Arc<DirectLimiter>)>>,
+    named: RwLock<NamedLimiters>,
     ip: RwLock<Option<(Rate, Arc<DefaultKeyedRateLimiter<IpAddr>>)>>,
     ip_checks: AtomicU64,
     redis: Option<RedisBackend>,
