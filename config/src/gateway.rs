@@ -695,8 +695,16 @@ impl ApiKeyConfig {
     }
 }
 
+/// Most header fields Pingora 0.9's HTTP/1 parser reads in one head.
+const MAX_PARSED_HEADER_FIELDS: usize = 256;
+
 impl GatewayLimits {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        ensure(
+            self.max_header_count <= MAX_PARSED_HEADER_FIELDS,
+            &format!("{at}.max_header_count"),
+            "must be at most 256 (the HTTP/1 parser's own bound)",
+        )?;
         all_positive(
             at,
             &[

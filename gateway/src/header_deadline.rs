@@ -8,7 +8,7 @@
 //! its deadline passes, and the deadline is moved by the request path:
 //!
 //! * on accept: `request_header_timeout` from then — the TLS handshake, if any (bounded in
-//!   [`crate::downstream`]), and the first head must both be complete by then.
+//!   the `downstream` module), and the first head must both be complete by then.
 //!   For HTTP/2 the bound covers the connection preface: the deadline lifts itself once the
 //!   client's 24-byte preface has been read (Pingora's h2 handshake has no timeout of its own),
 //!   and an idle HTTP/2 connection is then closed by Pingora's `h2_idle_timeout`;
@@ -18,7 +18,7 @@
 //!   a kept-alive connection may sit idle for the keep-alive time and must then deliver the
 //!   next head in full.
 //!
-//! [`crate::downstream`] does the wrapping for every accepted connection and, for HTTP/1,
+//! The `downstream` module does the wrapping for every accepted connection and, for HTTP/1,
 //! reads each head whole ([`HeaderDeadlineStream::wait_for_head`]) before Pingora builds a
 //! session for it; the next reads hand the buffered bytes to Pingora. A head that misses its
 //! deadline or its size bound, or whose client goes away halfway, therefore ends here, logged
@@ -29,7 +29,7 @@
 //! head's first byte until the head is complete (`disarm`) are counted, and once they reach
 //! the limit the next read fails, after writing a 431 problem, best effort (once, if the
 //! socket takes it at once). A head that arrives whole in one read is measured once parsed
-//! ([`crate::proxy`], 431). HTTP/2 heads are bounded by the h2 `max_header_list_size`
+//! (the `request` module, 431). HTTP/2 heads are bounded by the h2 `max_header_list_size`
 //! setting.
 
 use std::future::Future;

@@ -1,6 +1,6 @@
 //! The gateway's Prometheus metrics: one registry of its own (not the process-global default),
 //! every family named `postern_…`, rendered as text by [`Metrics::render`] for the metrics
-//! listener ([`crate::endpoints`]).
+//! listener (served by the `endpoints` module).
 //!
 //! Label cardinality is bounded by construction: the `lease` label is a lease name from the
 //! running snapshot, or [`OTHER_LEASE`] for anything else (a name not in the config, no lease

@@ -3,7 +3,7 @@
 //! breaker and in-flight slots, the IP rules, limits and rate-limit settings, and the TLS
 //! certificates.
 //!
-//! A snapshot is immutable. The runtime ([`crate::runtime`]) holds the current one behind an
+//! A snapshot is immutable. The runtime (the `runtime` module) holds the current one behind an
 //! `ArcSwap`; each request loads it once into its context, so one request sees one config from
 //! its head to its log line. A reload builds a whole new snapshot from a whole validated file
 //! and swaps it in; building is the only place anything is parsed or read from disk (keys,
