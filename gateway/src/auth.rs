@@ -838,6 +838,57 @@ mod tests {
         assert!(store.verify(key, 999, LOOPBACK).await.is_ok());
     }
 
+    #[tokio::test]
+    async fn a_rotated_secret_misses_the_cache_at_once() {
+        let (key, id, phc) = sample();
+        let store = store();
+        store.verify(key, 0, LOOPBACK).await.unwrap();
+        // The same id with a new secret: the old key was verified against the old hash, so
+        // the reloaded table refuses it (argon2 runs against the new hash) and the new key works.
+        let secret = Alphanumeric.sample_string(&mut rand::thread_rng(), 40);
+        let new_key = format!("pst_{id}_{secret}");
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let new_phc = Argon2::default()
+            .hash_password(new_key.as_bytes(), &salt)
+            .unwrap()
+            .to_string();
+        assert_ne!(new_phc, *phc);
+        let rotated = KeyTable::new(&[config(id, &new_phc)]);
+        let before = store.argon2_verifications();
+        assert_eq!(
+            store.verifier.verify(&rotated, key, 0, LOOPBACK).await,
+            Err(AuthError::WrongSecret)
+        );
+        assert_eq!(store.argon2_verifications(), before + 1);
+        assert!(store
+            .verifier
+            .verify(&rotated, &new_key, 0, LOOPBACK)
+            .await
+            .is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn argon2_runs_wait_for_one_of_a_few_slots() {
+        let limits = GatewayLimits {
+            max_concurrent_key_checks: 1,
+            key_verify_timeout: Duration::from_millis(30),
+            failed_auth_per_ip_per_minute: u32::MAX,
+            ..GatewayLimits::default()
+        };
+        let (_, id, phc) = sample();
+        let store = KeyStore::new(&[config(id, phc)], &limits);
+        let slots = store.verifier.argon2_slots.read().unwrap().clone();
+        let held = slots.acquire_owned().await.unwrap();
+        assert_eq!(
+            store.verify(&sample().0, 0, LOOPBACK).await,
+            Err(AuthError::Busy),
+            "no slot within key_verify_timeout"
+        );
+        assert_eq!(store.argon2_verifications(), 0);
+        drop(held);
+        assert!(store.verify(&sample().0, 0, LOOPBACK).await.is_ok());
+    }
+
     #[test]
     fn malformed_keys_are_recognized() {
         let secret = "a".repeat(32);
