@@ -623,3 +623,117 @@ async fn an_h2c_upgrade_offer_is_ignored_and_needs_no_write_scope() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_key_cannot_ask_for_a_write_in_any_spelling() {
+    let (reader, reader_key) =
+        postern_tests::gateway::api_key_toml("r", "\"*\"", "scopes = [\"read\"]");
+    let (_net, gw) = TestGateway::for_web_origin(&reader).await;
+    let mut c = gw.plain().await;
+    let resp = send(
+        &mut c,
+        authed(Method::GET, "/peer/web/hello", &reader_key, empty()),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let overrides = [
+        ("x-http-method-override", "DELETE"),
+        ("X-HTTP-Method", "put"),
+        ("x-method-override", "PATCH"),
+        ("X_HTTP_Method_Override", "DELETE"),
+        ("x-http-method-override", "GET, DELETE"),
+    ];
+    for (name, value) in overrides {
+        let mut req = authed(Method::GET, "/peer/web/hello", &reader_key, empty());
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+        let resp = send(&mut c, req).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{name}: {value}");
+        let _ = body_bytes(resp).await;
+    }
+    for target in [
+        "/peer/web/hello?_method=DELETE",
+        "/peer/web/hello?a=1&_METHOD=put",
+    ] {
+        let resp = send(&mut c, authed(Method::GET, target, &reader_key, empty())).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{target}");
+        let _ = body_bytes(resp).await;
+    }
+    // A read override stays a read; a write key may use overrides.
+    let mut req = authed(Method::GET, "/peer/web/hello", &reader_key, empty());
+    req.headers_mut()
+        .insert("x-http-method-override", "HEAD".parse().unwrap());
+    assert_eq!(send(&mut c, req).await.status(), StatusCode::OK);
+    let mut req = authed(Method::GET, "/peer/web/hello", &gw.api_key, empty());
+    req.headers_mut()
+        .insert("x-http-method-override", "DELETE".parse().unwrap());
+    assert_eq!(send(&mut c, req).await.status(), StatusCode::OK);
+}
+
+/// An origin that takes any number of header fields and answers with how many it got.
+async fn field_counting_origin() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 1 << 20 {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let fields = text.split("\r\n\r\n").next().unwrap().lines().count() - 1;
+                let body = fields.to_string();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_gateway_accepts_the_agent_accepts_and_one_field_more_is_431() {
+    let net = TestNet::start().await;
+    let owner = net.expose("web", field_counting_origin().await).await;
+    let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
+    let mut c = gw.plain().await;
+    // `authed` sets Host and Authorization: with these, exactly the default 100 fields.
+    let mut req = authed(Method::GET, "/peer/web/headers", &gw.api_key, empty());
+    for i in 0..98 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    let resp = send(&mut c, req).await;
+    let status = resp.status();
+    let text = String::from_utf8(body_bytes(resp).await.to_vec()).unwrap();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the agent refused what the gateway let through: {text}"
+    );
+    // The 100 fields, and the few the gateway and the agent add on the way.
+    let fields: usize = text.parse().unwrap();
+    assert!((100..=110).contains(&fields), "{fields}");
+    let mut req = authed(Method::GET, "/peer/web/headers", &gw.api_key, empty());
+    for i in 0..99 {
+        req.headers_mut().insert(
+            http::HeaderName::from_bytes(format!("x-field-{i}").as_bytes()).unwrap(),
+            "v".parse().unwrap(),
+        );
+    }
+    let resp = send(&mut c, req).await;
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+}
