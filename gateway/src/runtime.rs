@@ -24,7 +24,7 @@ use crate::connections::ConnectionSlots;
 use crate::metrics::Metrics;
 use crate::ratelimit::{Limit, RateLimiter};
 use crate::snapshot::{Bindings, Snapshot};
-use crate::tls::{CertResolver, CertSet};
+use crate::tls::CertResolver;
 use crate::GatewayError;
 
 /// The gateway's long-lived state.
@@ -186,16 +186,14 @@ impl Runtime {
     }
 }
 
-/// The certificates of a config, loaded and checked; for `check-config`.
+/// Everything a config names, loaded and checked as a start would (identity key, grants, CA
+/// file, certificates, keys, leases) without binding or dialing anything; for `check-config`.
 pub fn check_offline(config: GatewayConfig) -> Result<(), GatewayError> {
     Identity::load(&config.identity_key_file).map_err(|e| GatewayError::Key(e.to_string()))?;
     postern_sdk::grant::load_file(&config.grant_file)
         .map_err(|e| GatewayError::Key(format!("{}: {e}", config.grant_file.display())))?;
     if let Some(ca) = &config.ca_file {
         postern_sdk::tls::load_certs(ca).map_err(|e| GatewayError::Tls(e.to_string()))?;
-    }
-    if config.listen.https.is_some() {
-        CertSet::load(&config.listen.tls)?;
     }
     let metrics = Metrics::new();
     Snapshot::build(

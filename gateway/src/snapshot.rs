@@ -77,7 +77,9 @@ impl Snapshot {
             None
         };
         let limits = &config.limits;
-        let mut leases = HashMap::new();
+        // Everything that can fail first, so that a config that does not resolve never
+        // touches the runtime's breakers or slots.
+        let mut targets = HashMap::new();
         for (i, lease) in config.leases.iter().enumerate() {
             let name = postern_sdk::lease_name::normalize(&lease.name)
                 .map_err(|e| GatewayError::Config(format!("lease[{i}].name: {e}")))?;
@@ -85,6 +87,17 @@ impl Snapshot {
                 .map_err(|e| GatewayError::Config(format!("lease[{i}].owner_identity: {e}")))?;
             let mut target = LeaseTarget::new(name.clone(), owner);
             target.alpn = lease.alpn.clone();
+            // The config checks names as written; two spellings of one name (NFC and NFD)
+            // are the same lease and would silently shadow each other here.
+            if targets.insert(name, (lease, target)).is_some() {
+                return Err(GatewayError::Config(format!(
+                    "lease[{i}].name: the same lease name as an earlier [[lease]] \
+                     (compared after Unicode NFC normalization)"
+                )));
+            }
+        }
+        let mut leases = HashMap::with_capacity(targets.len());
+        for (name, (lease, target)) in targets {
             let breaker_settings = match &lease.breaker {
                 Some(o) => config.breaker.with(o),
                 None => config.breaker.clone(),
@@ -107,14 +120,7 @@ impl Snapshot {
                 idle_timeout: lease.idle_timeout.unwrap_or(limits.upstream_idle_timeout),
                 metrics,
             };
-            // The config checks names as written; two spellings of one name (NFC and NFD)
-            // are the same lease and would silently shadow each other here.
-            if leases.insert(name, Arc::new(route)).is_some() {
-                return Err(GatewayError::Config(format!(
-                    "lease[{i}].name: the same lease name as an earlier [[lease]] \
-                     (compared after Unicode NFC normalization)"
-                )));
-            }
+            leases.insert(name, Arc::new(route));
         }
         Ok(Self {
             generation,
