@@ -14,7 +14,7 @@
 //! configured.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::RwLock;
 use prometheus::{
@@ -69,8 +69,10 @@ pub struct Metrics {
 #[derive(Debug)]
 pub struct LeaseMetrics {
     pub name: String,
-    /// `postern_requests_total` by method (a fixed set) and status class, filled lazily.
+    /// `postern_requests_total`, and its children by method and status class (both fixed
+    /// sets), resolved on first use so that counting is one atomic add.
     requests: IntCounterVec,
+    request_children: [[OnceLock<IntCounter>; STATUS_CLASSES.len()]; METHODS.len()],
     pub request_duration: Histogram,
     pub connect_duration: Histogram,
     pub head_duration: Histogram,
@@ -87,8 +89,12 @@ pub struct LeaseMetrics {
 impl LeaseMetrics {
     /// Counts a finished request. `method` is folded into a fixed set.
     pub fn count_request(&self, method: &http::Method, status: u16) {
-        self.requests
-            .with_label_values(&[&self.name, method_label(method), status_class(status)])
+        let (m, c) = (method_index(method), status_class_index(status));
+        self.request_children[m][c]
+            .get_or_init(|| {
+                self.requests
+                    .with_label_values(&[&self.name, METHODS[m], STATUS_CLASSES[c]])
+            })
             .inc();
     }
 
@@ -100,30 +106,33 @@ impl LeaseMetrics {
     }
 }
 
-/// The methods that are labels; any other is `OTHER`.
-fn method_label(method: &http::Method) -> &'static str {
+/// The `method` label values; any method not listed is `OTHER`.
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+
+/// The `status_class` label values; `none` is a request no response was sent for (the
+/// client left first).
+const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn method_index(method: &http::Method) -> usize {
     use http::Method;
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-/// `1xx` … `5xx`; `0` (no response was sent: the client left first) is `none`.
-fn status_class(status: u16) -> &'static str {
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        500..=599 => "5xx",
-        _ => "none",
+        100..=599 => usize::from(status / 100) - 1,
+        _ => 5,
     }
 }
 
@@ -354,6 +363,7 @@ impl Metrics {
             Arc::new(LeaseMetrics {
                 name: lease.to_owned(),
                 requests: self.requests.clone(),
+                request_children: Default::default(),
                 request_duration: self.request_duration.with_label_values(l),
                 connect_duration: self.connect_duration.with_label_values(l),
                 head_duration: self.head_duration.with_label_values(l),
@@ -409,9 +419,11 @@ mod tests {
 
     #[test]
     fn status_classes() {
-        assert_eq!(status_class(0), "none");
-        assert_eq!(status_class(101), "1xx");
-        assert_eq!(status_class(429), "4xx");
-        assert_eq!(status_class(599), "5xx");
+        let class = |s| STATUS_CLASSES[status_class_index(s)];
+        assert_eq!(class(0), "none");
+        assert_eq!(class(101), "1xx");
+        assert_eq!(class(429), "4xx");
+        assert_eq!(class(599), "5xx");
+        assert_eq!(class(600), "none");
     }
 }
