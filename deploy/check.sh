@@ -145,7 +145,8 @@ echo "  every dashboard query parses as PromQL"
 
 section "example configs"
 # TOML syntax, and the metrics ports the scrape config expects. What the keys mean is checked
-# by the binaries: postern-gateway check-config --config deploy/config/gateway.toml.
+# by the binaries: postern-gateway check-config FILE and postern-relay check-config FILE
+# (inside the container for deploy/config/gateway.toml, whose paths are the container's).
 python3 - <<'PY'
 import re, sys
 try:
