@@ -277,6 +277,16 @@ impl KeyTable {
     }
 }
 
+/// Whether argon2 can read every configured hash (a key whose hash it cannot read is disabled
+/// at load, which `check-config` must tell before it happens).
+pub fn check_hashes(configs: &[ApiKeyConfig]) -> Result<(), String> {
+    for (i, c) in configs.iter().enumerate() {
+        PasswordHash::new(&c.hash)
+            .map_err(|e| format!("api_key[{i}].hash: argon2 cannot read it: {e}"))?;
+    }
+    Ok(())
+}
+
 struct CacheEntry {
     digest: [u8; 32],
     /// The stored hash the key was verified against: once a reload changes it (a rotated

@@ -47,10 +47,11 @@ enum LogFormat {
 }
 
 fn init_logs(format: LogFormat) {
-    // The access log (target postern::access) at info, everything else at warn, unless
-    // RUST_LOG says otherwise.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,postern::access=info"));
+    // The gateway's own events (reloads, breaker transitions) and the access log (target
+    // postern::access) at info, its dependencies at warn, unless RUST_LOG says otherwise.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,postern_gateway=info,postern::access=info")
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

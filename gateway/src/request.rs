@@ -1,7 +1,8 @@
-//! What the gateway requires of a request head before any policy looks at it: a head within
-//! `limits.max_header_bytes` and `limits.max_header_count`, `Host` on HTTP/1.1 (RFC 9112 §3.2),
-//! a `Content-Length` within `limits.max_request_body_bytes`; and the one rewrite done before
-//! policy, ignoring an `Upgrade: h2c` offer. Each refusal is a [`Refusal`]; nothing here looks
+//! What the gateway requires of a request head: before any policy looks at it
+//! ([`check_head`]), a head within `limits.max_header_bytes` and `limits.max_header_count` and
+//! `Host` on HTTP/1.1 (RFC 9112 §3.2), then the one rewrite done before policy, ignoring an
+//! `Upgrade: h2c` offer; once the lease is known ([`check_declared_body`]), a `Content-Length`
+//! within `limits.max_request_body_bytes`. Each refusal is a [`Refusal`]; nothing here looks
 //! at keys or leases.
 
 use pingora::http::RequestHeader;

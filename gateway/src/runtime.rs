@@ -195,6 +195,7 @@ pub fn check_offline(config: GatewayConfig) -> Result<(), GatewayError> {
     if let Some(ca) = &config.ca_file {
         postern_sdk::tls::load_certs(ca).map_err(|e| GatewayError::Tls(e.to_string()))?;
     }
+    crate::auth::check_hashes(&config.api_keys).map_err(GatewayError::Key)?;
     let metrics = Metrics::new();
     Snapshot::build(
         config,
@@ -230,6 +231,7 @@ fn keep_restart_only(running: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'
     keep!(rate_limit.backend);
     keep!(rate_limit.redis_url);
     keep!(rate_limit.redis_timeout);
+    keep!(rate_limit.redis_retry_interval);
     keep!(limits.max_connections);
     keep!(limits.client_read_buffer_bytes);
     // Both are also HTTP/2 settings of the listener, fixed when it is bound.

@@ -6,7 +6,8 @@
 //! handshake; it reads the set the last (re)load stored, so a rotated certificate is served to
 //! new handshakes at once while open connections keep the one they were made with. A name
 //! matches exactly, or through a `*.` wildcard one label deep; anything else gets the default
-//! certificate (the first configured).
+//! certificate: the entry without `server_names` if there is one (the config allows at most
+//! one), else the first configured.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,14 +32,18 @@ impl CertSet {
     /// Loads and checks every certificate and key file.
     pub fn load(certs: &[TlsCert]) -> Result<Self, GatewayError> {
         let mut by_name = HashMap::new();
-        let mut default = None;
+        let (mut first, mut nameless) = (None, None);
         for tls in certs {
             let key = load_cert(tls)?;
             for name in &tls.server_names {
                 by_name.insert(name.to_ascii_lowercase(), Arc::clone(&key));
             }
-            default.get_or_insert(key);
+            if tls.server_names.is_empty() {
+                nameless.get_or_insert(Arc::clone(&key));
+            }
+            first.get_or_insert(key);
         }
+        let default = nameless.or(first);
         let default =
             default.ok_or_else(|| GatewayError::Tls("no certificate configured".into()))?;
         Ok(Self { by_name, default })
