@@ -16,6 +16,17 @@
 //! [`gateway_ceiling`]): a target above that ceiling cannot be met on this machine by work in
 //! the gateway.
 //!
+//! Operations off vs on: three more gateways side by side on the same relay and agent, loaded
+//! with the small response at 32 connections in rotated rounds — "ops off" (no rate-limit
+//! budget, no breaker, no metrics listener, no access log), "ops on" (every budget set and
+//! never reached, the breaker, metrics, the JSON access log to a file) and "ops on + redis"
+//! (the same with the budgets decided by a `redis-server` the bench starts on a free loopback
+//! port; skipped when `redis-server` is not installed): req/s, latency, CPU per request by
+//! process (redis-server's included), the Redis decision time from the gateway's histogram.
+//! Then the argon2 memory ceiling: the peak RSS growth of a fresh gateway over a burst of
+//! concurrent wrong secrets for valid key ids from many client IPs, with
+//! `limits.max_concurrent_key_checks` 2 (the default) and 16.
+//!
 //! The relay, the agent and the gateway are the real binaries, run as child processes so each
 //! one's memory and CPU can be read from `/proc/<pid>`. Build them first (same target directory
 //! as the bench): `cargo build --release -p postern-relay -p postern-cli -p postern-gateway`.
@@ -23,7 +34,9 @@
 //! Knobs (environment): `POSTERN_BENCH_SECS` (per load measurement, default 3),
 //! `POSTERN_BENCH_DOWNLOAD_BYTES` (default 1 GiB; `64MiB` works), `POSTERN_BENCH_IDLE_CONNS`
 //! (default 1000), `POSTERN_BENCH_INVALID_KEYS` (flood size per window, default 10000), `POSTERN_BIN_DIR`
-//! (where the binaries are, if not next to the bench).
+//! (where the binaries are, if not next to the bench), `POSTERN_BENCH_ONLY` (comma-separated
+//! sections to run: `base` — everything above the operations comparison —, `ops`, `argon2`;
+//! default all).
 //!
 //! Everything is on 127.0.0.1; every loop is bounded in count and in time; the child processes
 //! are killed on exit, on panic (a guard's `Drop`) and on Ctrl-C.
@@ -31,7 +44,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -43,9 +56,11 @@ use postern_benches::children::{
 };
 use postern_benches::load::{
     env_u64, exchange, measure_download, measure_load_metered, open_connections, request_each,
-    run_load, size_label, Download, GatewayRoute, Load, LoadSettings, Route, Sender,
+    run_load, size_label, Download, GatewayRoute, Load, LoadSettings, Route, Sender, MIB,
 };
-use postern_benches::procfs::{machine, rss, CpuMeter};
+use postern_benches::procfs::{machine, reset_peak_rss, rss, vm_hwm_bytes, CpuMeter, CpuSnapshot};
+use postern_benches::prom;
+use postern_benches::redis::start_redis;
 use postern_benches::stack::{path_str, spawn_expose, start_relay, wait_for_lease, Keys, LEASE};
 use postern_benches::table::{print_table, row, with_target, Row};
 use postern_sdk::{Dialer, DialerConfig, Identity};
@@ -96,6 +111,8 @@ struct Settings {
     open_budget: Duration,
     invalid_keys: u64,
     flood_tasks: usize,
+    /// `POSTERN_BENCH_ONLY`: the sections to run (`base`, `ops`, `argon2`); all when unset.
+    only: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -106,12 +123,70 @@ impl Settings {
             open_budget: Duration::from_secs(120),
             invalid_keys: env_u64("POSTERN_BENCH_INVALID_KEYS", 10_000).max(1),
             flood_tasks: 2,
+            only: std::env::var("POSTERN_BENCH_ONLY").ok().map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
         }
+    }
+
+    /// Whether section `name` runs.
+    fn runs(&self, name: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|s| s == name))
     }
 }
 
 // ---------------------------------------------------------------------------------------------
 // The gateway child
+
+/// What every gateway the bench starts shares: the binaries, the children, the keys, the relay
+/// and the agent.
+struct Stack<'a> {
+    gateway_bin: &'a Path,
+    cli: &'a Path,
+    children: &'a Children,
+    dir: &'a Path,
+    keys: &'a Keys,
+    relay: SocketAddr,
+    relay_pid: u32,
+    agent_pid: u32,
+}
+
+/// What differs between the gateways the bench starts.
+struct GatewaySpec {
+    /// Names its files (`{name}.toml`, `{name}.err`, ...) and its child process.
+    name: String,
+    /// `RUST_LOG` of the process (`warn`: no access log for successful requests).
+    rust_log: &'static str,
+    /// Lines added to `[limits]`.
+    limits: String,
+    /// Tables added to the config (`[rate_limit]`, `[breaker]`).
+    tables: String,
+    /// The metrics listener's address (port 0: any free port, not scraped); `None`:
+    /// `enabled = false`.
+    metrics: Option<SocketAddr>,
+    /// More `[[api_key]]` entries for the lease: (id, argon2 PHC hash).
+    extra_keys: Vec<(String, String)>,
+}
+
+impl GatewaySpec {
+    /// The bench's usual gateway: defaults but for the raised failed-auth limit, metrics on any
+    /// free port (parallel runs never collide on the default 9464), no access log.
+    fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            rust_log: "warn",
+            limits: String::new(),
+            tables: String::new(),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            extra_keys: Vec::new(),
+        }
+    }
+}
 
 struct Gateway {
     pid: u32,
@@ -119,21 +194,19 @@ struct Gateway {
     log: PathBuf,
     /// Wall time of the one argon2 hash made for the bench's API key, in this process.
     argon2: Duration,
+    /// The metrics listener, when its port was chosen by the bench (scrapable).
+    metrics: Option<SocketAddr>,
 }
 
-/// Writes the gateway's identity, DIAL grant, certificate, API key and config into `dir` and
-/// starts `postern-gateway`; returns once its HTTPS port listens.
-fn start_gateway(
-    gateway_bin: &Path,
-    cli: &Path,
-    children: &Children,
-    dir: &Path,
-    keys: &Keys,
-    relay: SocketAddr,
-) -> Gateway {
+/// Writes the gateway's identity, DIAL grant, certificate, API key and config into the stack's
+/// directory and starts `postern-gateway`; returns once its HTTPS port (and a chosen metrics
+/// port) listens.
+fn start_gateway(stack: &Stack<'_>, spec: &GatewaySpec) -> Gateway {
+    let (cli, children, dir, keys) = (stack.cli, stack.children, stack.dir, stack.keys);
+    let name = &spec.name;
     // Identity and grant through the CLI, like an operator would.
-    let key_file = dir.join("gateway.key");
-    let grant_file = dir.join("gateway.grants");
+    let key_file = dir.join(format!("{name}.key"));
+    let grant_file = dir.join(format!("{name}.grants"));
     run_cli(cli, &["keygen", "--out", &path_str(&key_file)]);
     run_cli(
         cli,
@@ -154,8 +227,8 @@ fn start_gateway(
 
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
         .expect("self-signed certificate");
-    let cert_path = dir.join("gateway.crt");
-    let cert_key_path = dir.join("gateway.crt.key");
+    let cert_path = dir.join(format!("{name}.crt"));
+    let cert_key_path = dir.join(format!("{name}.crt.key"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&cert_key_path, cert.key_pair.serialize_pem()).unwrap();
 
@@ -164,6 +237,21 @@ fn start_gateway(
     let argon2 = t0.elapsed();
 
     let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let metrics = match spec.metrics {
+        Some(addr) => format!("[metrics]\nlisten = \"{addr}\"\n"),
+        None => "[metrics]\nlisten = \"127.0.0.1:0\"\nenabled = false\n".into(),
+    };
+    let extra_keys: String = spec
+        .extra_keys
+        .iter()
+        .enumerate()
+        .map(|(i, (id, phc))| {
+            format!(
+                "\n[[api_key]]\nid = \"{id}\"\nhash = \"{phc}\"\nname = \"extra {i}\"\n\
+                 leases = [\"{LEASE}\"]\n"
+            )
+        })
+        .collect();
     // The flood and the valid traffic both come from 127.0.0.1. With the default per-IP limit
     // of failed attempts (30 a minute) the flood would be answered 429 before any key is looked
     // at, and the valid traffic would be blocked with it; raised, every invalid key goes
@@ -174,30 +262,45 @@ fn start_gateway(
          grant_file = \"{grants}\"\n\n\
          [listen]\nhttps = \"{https}\"\n\n\
          [[listen.tls]]\ncert = \"{cert}\"\nkey = \"{cert_key}\"\nserver_names = [\"localhost\"]\n\n\
-         [limits]\nfailed_auth_per_ip_per_minute = 1000000\n\n\
+         [limits]\nfailed_auth_per_ip_per_minute = 1000000\n{limits}\n\
+         {metrics}\n{tables}\n\
          [[lease]]\nname = \"{LEASE}\"\nowner_identity = \"{owner}\"\n\n\
-         [[api_key]]\nid = \"{key_id}\"\nhash = \"{phc}\"\nname = \"bench\"\nleases = [\"{LEASE}\"]\n",
+         [[api_key]]\nid = \"{key_id}\"\nhash = \"{phc}\"\nname = \"bench\"\nleases = [\"{LEASE}\"]\n\
+         {extra_keys}",
+        relay = stack.relay,
         key = path_str(&key_file),
         grants = path_str(&grant_file),
         cert = path_str(&cert_path),
         cert_key = path_str(&cert_key_path),
+        limits = spec.limits,
+        tables = spec.tables,
         owner = keys.owner.public_base64(),
     );
-    let config_path = dir.join("gateway.toml");
+    let config_path = dir.join(format!("{name}.toml"));
     std::fs::write(&config_path, config).unwrap();
 
-    let log = dir.join("gateway.err");
+    let log = dir.join(format!("{name}.err"));
+    let child_name = if name == "gateway" {
+        "postern-gateway".to_owned()
+    } else {
+        format!("postern-gateway ({name})")
+    };
     let pid = children.spawn(
-        "postern-gateway",
-        Command::new(gateway_bin)
+        &child_name,
+        Command::new(stack.gateway_bin)
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", spec.rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap()),
     );
     wait_for_port(https, children, &log);
+    let metrics = spec.metrics.filter(|a| a.port() != 0);
+    if let Some(addr) = metrics {
+        wait_for_port(addr, children, &log);
+    }
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.cert.der().clone()).unwrap();
@@ -218,6 +321,7 @@ fn start_gateway(
         route,
         log,
         argon2,
+        metrics,
     }
 }
 
@@ -468,6 +572,561 @@ fn pooled(loads: Vec<Load>) -> Load {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Operations off vs on, and Redis-backed decisions
+
+/// Rounds of the operations comparison: each round runs one window per gateway, the order
+/// rotated by one every round so that each gateway takes each position once (a machine that
+/// drifts over the run moves them all alike).
+const OPS_ROUNDS: usize = 3;
+/// The issue's target: gateway CPU per request with every operations feature on within 5 % of
+/// all of them off.
+const OPS_CPU_RATIO: f64 = 1.05;
+/// The budget the "ops on" gateways set on every limit: far above what this machine can send,
+/// so that it is checked on every request and never refuses.
+const NEVER_REACHED: &str = "{ requests = 10000000, per = \"1s\" }";
+/// The gateway's histogram of one Redis decision.
+const REDIS_HISTOGRAM: &str = "postern_ratelimit_redis_duration_seconds";
+
+/// "ops off": no rate-limit budget, no breaker, no metrics listener, no access log.
+fn ops_off_spec() -> GatewaySpec {
+    GatewaySpec {
+        rust_log: "warn,postern::access=off",
+        tables: "[breaker]\nenabled = false\n".into(),
+        metrics: None,
+        ..GatewaySpec::new("gateway-ops-off")
+    }
+}
+
+/// "ops on": every budget set (global, per key, per lease, per IP; never reached), the breaker
+/// on, the metrics listener on a port picked here (to scrape it), the JSON access log on (to
+/// the stderr file); with `redis_url`, the budgets are decided in Redis.
+fn ops_on_spec(name: &str, redis_url: Option<&str>) -> GatewaySpec {
+    let backend = match redis_url {
+        Some(url) => format!("backend = \"redis\"\nredis_url = \"{url}\"\n"),
+        None => "backend = \"local\"\n".into(),
+    };
+    GatewaySpec {
+        rust_log: "warn,postern::access=info",
+        tables: format!(
+            "[rate_limit]\n{backend}global = {NEVER_REACHED}\nper_key = {NEVER_REACHED}\n\
+             per_lease = {NEVER_REACHED}\nper_ip = {NEVER_REACHED}\n\n\
+             [breaker]\nenabled = true\n"
+        ),
+        metrics: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+        ..GatewaySpec::new(name)
+    }
+}
+
+/// One gateway of the operations comparison with its warm connections and pooled windows.
+struct OpsRun {
+    label: &'static str,
+    gw: Gateway,
+    route: Route,
+    meter: CpuMeter,
+    senders: Vec<Sender>,
+    windows: Vec<Load>,
+    /// CPU of the measured windows, pooled.
+    cpu: CpuSnapshot,
+    /// Requests sent in windows and warm-ups.
+    sent: u64,
+}
+
+impl OpsRun {
+    fn start(
+        stack: &Stack<'_>,
+        label: &'static str,
+        spec: &GatewaySpec,
+        redis: Option<u32>,
+    ) -> Self {
+        let gw = start_gateway(stack, spec);
+        let mut procs = vec![
+            ("gateway", gw.pid),
+            ("relay", stack.relay_pid),
+            ("agent", stack.agent_pid),
+            ("bench", std::process::id()),
+        ];
+        if let Some(pid) = redis {
+            procs.push(("redis-server", pid));
+        }
+        let meter = CpuMeter::new(procs);
+        Self {
+            label,
+            route: Route::Gateway(Arc::clone(&gw.route)),
+            cpu: meter.zero(),
+            meter,
+            gw,
+            senders: Vec::new(),
+            windows: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// A warm-up (not measured) and one measured window of GET /hello on the kept connections.
+    async fn window(&mut self, s: &Settings) {
+        let max = s.load.max_requests;
+        let senders = std::mem::take(&mut self.senders);
+        let (senders, warm) = run_load(&self.route, senders, SMALL, s.load.warmup, max).await;
+        let before = self.meter.snapshot();
+        let (senders, load) = run_load(&self.route, senders, SMALL, s.load.secs, max).await;
+        let after = self.meter.snapshot();
+        self.cpu.add_delta(&before, &after);
+        self.sent += warm.requests + load.requests;
+        self.windows.push(load);
+        self.senders = senders;
+    }
+
+    /// The windows as one, and CPU µs per request: (load, gateway, every process as text).
+    fn pooled(&mut self) -> (Load, f64, String) {
+        let load = pooled(std::mem::take(&mut self.windows));
+        let zero = self.meter.zero();
+        let n = load.requests.max(1);
+        let gateway = self
+            .meter
+            .delta_ns("gateway", &zero, &self.cpu)
+            .unwrap_or(0) as f64;
+        let text = self.meter.per_op_us(&zero, &self.cpu, n);
+        (load, gateway / 1e3 / n as f64, text)
+    }
+
+    fn per_request_us(&self, name: &str, requests: u64) -> f64 {
+        let zero = self.meter.zero();
+        self.meter.delta_ns(name, &zero, &self.cpu).unwrap_or(0) as f64
+            / 1e3
+            / requests.max(1) as f64
+    }
+}
+
+/// A scrape of a gateway's `/metrics`, parsed (empty without a known metrics address).
+async fn scrape_gateway(gw: &Gateway) -> Vec<prom::Sample> {
+    match gw.metrics {
+        Some(addr) => prom::parse(&prom::scrape(addr).await),
+        None => Vec::new(),
+    }
+}
+
+/// (lines, lines of target `postern::access`) in a log file.
+fn access_log_lines(path: &Path) -> (usize, usize) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let access = text
+        .lines()
+        .filter(|l| l.contains("postern::access"))
+        .count();
+    (text.lines().count(), access)
+}
+
+fn fmt_opt(v: Option<f64>, prec: usize) -> String {
+    v.map_or("—".into(), |v| format!("{v:.prec$}"))
+}
+
+/// "ops off", "ops on" and (with a `redis-server` on this machine) "ops on + redis": three
+/// gateways side by side on the same relay and agent, GET /hello at 32 connections in
+/// [`OPS_ROUNDS`] rotated rounds, pooled per gateway. Returns table rows and note lines.
+async fn measure_ops(stack: &Stack<'_>, s: &Settings) -> (Vec<Row>, Vec<String>) {
+    let step = |what: &str| eprintln!("… {what}");
+    step("operations off / on / on + redis: starting gateways (and redis-server)");
+    let redis = start_redis(stack.children, stack.dir);
+    let mut runs = vec![
+        OpsRun::start(stack, "ops off", &ops_off_spec(), None),
+        OpsRun::start(stack, "ops on", &ops_on_spec("gateway-ops-on", None), None),
+    ];
+    if let Ok(r) = &redis {
+        let spec = ops_on_spec("gateway-ops-redis", Some(&r.url()));
+        runs.push(OpsRun::start(stack, "ops on + redis", &spec, Some(r.pid)));
+    }
+    for run in &mut runs {
+        wait_for_gateway(&run.gw, stack.children).await;
+        for _ in 0..32 {
+            run.senders.push(run.route.connect().await);
+        }
+    }
+    for round in 0..OPS_ROUNDS {
+        for k in 0..runs.len() {
+            let i = (round + k) % runs.len();
+            step(&format!(
+                "GET {SMALL}, 32 connections, {} (round {}/{OPS_ROUNDS})",
+                runs[i].label,
+                round + 1
+            ));
+            runs[i].window(s).await;
+        }
+    }
+    stack.children.check_alive();
+    let mut scraped = Vec::new();
+    for run in &runs {
+        scraped.push(scrape_gateway(&run.gw).await);
+    }
+    let results: Vec<(Load, f64, String)> = runs.iter_mut().map(OpsRun::pooled).collect();
+
+    let mut rows = Vec::new();
+    let mut notes = vec![format!(
+        "operations off vs on (GET {SMALL}, 32 connections; {OPS_ROUNDS} rounds of one {} s \
+         window per gateway, order rotated each round, windows pooled per gateway; the gateways \
+         run side by side on the same relay and agent):",
+        s.load.secs.as_secs()
+    )];
+    notes.push(
+        "  ops off: no [rate_limit] budget, [breaker] enabled = false, [metrics] enabled = \
+         false, RUST_LOG=warn,postern::access=off"
+            .into(),
+    );
+    notes.push(format!(
+        "  ops on: [rate_limit] global, per_key, per_lease and per_ip = {NEVER_REACHED} \
+         (local), [breaker] enabled, [metrics] on, JSON access log (RUST_LOG=warn,\
+         postern::access=info) to a file"
+    ));
+    match &redis {
+        Ok(r) => notes.push(format!(
+            "  ops on + redis: the same with backend = \"redis\", {} (redis-server pid {}, \
+             default redis_timeout)",
+            r.url(),
+            r.pid
+        )),
+        Err(e) => notes.push(format!("  ops on + redis: not measured ({e})")),
+    }
+    for (run, (load, _, cpu)) in runs.iter().zip(&results) {
+        notes.push(format!(
+            "  {} — {} requests, {:.0} req/s, p50 {:.1} µs, p99 {:.1} µs; CPU µs per request: {cpu}",
+            run.label,
+            load.requests,
+            load.rps(),
+            load.quantile_us(0.5),
+            load.quantile_us(0.99),
+        ));
+    }
+
+    let (off, on) = (&results[0], &results[1]);
+    let vs = |metric: &str, base: f64, base_label: &str, v: f64, prec: usize| Row {
+        direct: format!("{base:.prec$} {base_label}"),
+        ..row(metric, Some(base), v, prec)
+    };
+    rows.push(vs(
+        "req/s, small, 32 conn, ops on vs off",
+        off.0.rps(),
+        "off",
+        on.0.rps(),
+        0,
+    ));
+    let cpu_ratio = on.1 / off.1;
+    rows.push(with_target(
+        vs(
+            "gateway CPU µs/request, small, 32 conn, ops on vs off",
+            off.1,
+            "off",
+            on.1,
+            1,
+        ),
+        &format!("<= {OPS_CPU_RATIO:.2}x"),
+        cpu_ratio <= OPS_CPU_RATIO,
+    ));
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        rows.push(vs(
+            &format!("{name} latency µs, small, 32 conn, ops on vs off"),
+            off.0.quantile_us(q),
+            "off",
+            on.0.quantile_us(q),
+            1,
+        ));
+    }
+
+    let on_metrics = &scraped[1];
+    let (lines, access) = access_log_lines(&runs[1].gw.log);
+    notes.push(format!(
+        "  ops on: /metrics postern_requests_total = {}; access log {lines} lines ({access} of \
+         postern::access) for {} requests sent in windows and warm-ups (+ the readiness check)",
+        fmt_opt(prom::sum(on_metrics, "postern_requests_total"), 0),
+        runs[1].sent
+    ));
+
+    if let Some(with_redis) = results.get(2) {
+        let m = &scraped[2];
+        let buckets = prom::buckets(m, REDIS_HISTOGRAM);
+        let q_us = |q| prom::histogram_quantile(q, &buckets).map(|v| v * 1e6);
+        let count = prom::sum(m, &format!("{REDIS_HISTOGRAM}_count"));
+        let mean_us = prom::sum(m, &format!("{REDIS_HISTOGRAM}_sum"))
+            .zip(count)
+            .filter(|(_, n)| *n > 0.0)
+            .map(|(sum, n)| sum / n * 1e6);
+        let fallback = prom::sum(m, "postern_ratelimit_redis_fallback");
+        let errors = prom::sum(m, "postern_ratelimit_redis_errors_total");
+        let redis_us = runs[2].per_request_us("redis-server", with_redis.0.requests);
+        rows.push(vs(
+            "req/s, small, 32 conn, ops on + redis vs local",
+            on.0.rps(),
+            "local",
+            with_redis.0.rps(),
+            0,
+        ));
+        rows.push(vs(
+            "gateway CPU µs/request, small, 32 conn, ops on + redis vs local",
+            on.1,
+            "local",
+            with_redis.1,
+            1,
+        ));
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            rows.push(vs(
+                &format!("{name} latency µs, small, 32 conn, ops on + redis vs local"),
+                on.0.quantile_us(q),
+                "local",
+                with_redis.0.quantile_us(q),
+                1,
+            ));
+        }
+        rows.push(row(
+            "redis-server CPU µs/request, small, 32 conn",
+            None,
+            redis_us,
+            1,
+        ));
+        for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+            rows.push(with_target(
+                Row {
+                    postern: fmt_opt(q_us(q), 1),
+                    ..row(
+                        &format!("{name} Redis decision µs (gateway histogram)"),
+                        None,
+                        0.0,
+                        1,
+                    )
+                },
+                "fallback 0",
+                fallback == Some(0.0),
+            ));
+        }
+        let (lines, access) = access_log_lines(&runs[2].gw.log);
+        notes.push(format!(
+            "  ops on + redis: {} Redis decisions, p50 {} µs, p99 {} µs (histogram_quantile over \
+             the {REDIS_HISTOGRAM} buckets), mean {} µs; postern_ratelimit_redis_fallback = {} \
+             (must be 0), postern_ratelimit_redis_errors_total = {}; postern_requests_total = {}; \
+             access log {lines} lines ({access} of postern::access) for {} requests sent",
+            fmt_opt(count, 0),
+            fmt_opt(q_us(0.5), 1),
+            fmt_opt(q_us(0.99), 1),
+            fmt_opt(mean_us, 1),
+            fmt_opt(fallback, 0),
+            fmt_opt(errors, 0),
+            fmt_opt(prom::sum(m, "postern_requests_total"), 0),
+            runs[2].sent,
+        ));
+        notes.push(format!(
+            "  ops on + redis vs ops on (local): end-to-end p50 {:+.1} µs, p99 {:+.1} µs; \
+             redis-server CPU {redis_us:.1} µs per request; req/s {:.3}x",
+            with_redis.0.quantile_us(0.5) - on.0.quantile_us(0.5),
+            with_redis.0.quantile_us(0.99) - on.0.quantile_us(0.99),
+            with_redis.0.rps() / on.0.rps(),
+        ));
+    }
+
+    for run in &runs {
+        stack.children.stop(run.gw.pid);
+    }
+    if let Ok(r) = &redis {
+        stack.children.stop(r.pid);
+    }
+    (rows, notes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// argon2 memory ceiling
+
+/// Concurrent wrong-secret requests in one burst.
+const ARGON2_BURST: usize = 64;
+/// Valid key ids the burst spreads over (checks of one id queue behind each other: one argon2
+/// run at a time per id, whatever the slots).
+const ARGON2_KEY_IDS: usize = 32;
+/// What one argon2 run holds: m = 19456 KiB (the hashes `auth::generate` makes).
+const ARGON2_RUN_MIB: f64 = 19.0;
+/// The ceiling's target: growth within the slots' argon2 memory, plus a quarter for the rest.
+const ARGON2_SLACK: f64 = 1.25;
+
+struct Burst {
+    slots: usize,
+    ids: usize,
+    rss_before: u64,
+    peak: u64,
+    /// RSS 1 s after the burst.
+    rss_after: u64,
+    hwm_reset: bool,
+    unauthorized: u64,
+    other: BTreeMap<u16, u64>,
+    errors: u64,
+    elapsed: Duration,
+    verifications: Option<f64>,
+}
+
+impl Burst {
+    fn growth_mib(&self) -> f64 {
+        self.peak.saturating_sub(self.rss_before) as f64 / MIB as f64
+    }
+
+    fn summary(&self) -> String {
+        let mut s = format!(
+            "  max_concurrent_key_checks = {}, {} key id(s): RSS {:.1} MiB before, peak {:+.1} \
+             MiB (VmHWM{}), {:+.1} MiB 1 s after; {} answered 401",
+            self.slots,
+            self.ids,
+            self.rss_before as f64 / MIB as f64,
+            self.growth_mib(),
+            if self.hwm_reset {
+                " reset before the burst"
+            } else {
+                " not resettable: includes the start-up peak"
+            },
+            self.rss_after as f64 / MIB as f64 - self.rss_before as f64 / MIB as f64,
+            self.unauthorized,
+        );
+        for (status, n) in &self.other {
+            s.push_str(&format!(", {n} answered {status}"));
+        }
+        if self.errors > 0 {
+            s.push_str(&format!(", {} failed", self.errors));
+        }
+        s.push_str(&format!(
+            " in {:.2} s; argon2 runs (postern_key_verifications_total, the readiness check's \
+             one included): {}",
+            self.elapsed.as_secs_f64(),
+            fmt_opt(self.verifications, 0)
+        ));
+        s
+    }
+}
+
+/// A fresh gateway with `max_concurrent_key_checks = slots` and the extra `keys`, one TLS
+/// connection per burst request from its own client IP (127.0.0.2, 127.0.0.3, ...), then
+/// [`ARGON2_BURST`] GETs at once with wrong secrets for the first `ids` of `keys`, round robin;
+/// the gateway's RSS before, its peak during (VmHWM, reset first) and its RSS after.
+async fn argon2_burst(
+    stack: &Stack<'_>,
+    keys: &[(String, String)],
+    slots: usize,
+    ids: usize,
+) -> Burst {
+    let spec = GatewaySpec {
+        limits: format!("max_concurrent_key_checks = {slots}\nkey_verify_timeout = \"30s\"\n"),
+        metrics: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
+        extra_keys: keys.to_vec(),
+        ..GatewaySpec::new(&format!("gateway-argon2-{slots}-{ids}"))
+    };
+    let gw = start_gateway(stack, &spec);
+    wait_for_gateway(&gw, stack.children).await;
+    let mut senders = Vec::with_capacity(ARGON2_BURST);
+    for i in 0..ARGON2_BURST {
+        let ip = Ipv4Addr::new(127, 0, (2 + i as u32 / 254) as u8, (2 + i % 254) as u8);
+        senders.push(gw.route.connect_from(ip).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let hwm_reset = reset_peak_rss(gw.pid);
+    let rss_before = rss(gw.pid);
+    let start = Instant::now();
+    let mut rng = rand::thread_rng();
+    let requests: Vec<_> = senders
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut sender)| {
+            let id = &keys[i % ids.clamp(1, keys.len())].0;
+            let wrong = format!("pst_{id}_{}", Alphanumeric.sample_string(&mut rng, 40));
+            let req = gw.route.get(SMALL, &wrong);
+            tokio::spawn(async move { exchange(&mut sender, req).await })
+        })
+        .collect();
+    let mut burst = Burst {
+        slots,
+        ids,
+        rss_before,
+        peak: 0,
+        rss_after: 0,
+        hwm_reset,
+        unauthorized: 0,
+        other: BTreeMap::new(),
+        errors: 0,
+        elapsed: Duration::ZERO,
+        verifications: None,
+    };
+    for r in requests {
+        match r.await.expect("burst request") {
+            Ok((StatusCode::UNAUTHORIZED, _)) => burst.unauthorized += 1,
+            Ok((status, _)) => *burst.other.entry(status.as_u16()).or_default() += 1,
+            Err(_) => burst.errors += 1,
+        }
+    }
+    burst.elapsed = start.elapsed();
+    burst.peak = vm_hwm_bytes(gw.pid).unwrap_or(0).max(rss_before);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    burst.rss_after = rss(gw.pid);
+    burst.verifications = prom::sum(
+        &scrape_gateway(&gw).await,
+        "postern_key_verifications_total",
+    );
+    stack.children.check_alive();
+    stack.children.stop(gw.pid);
+    burst
+}
+
+/// Peak RSS growth of a fresh gateway over a burst of wrong secrets for valid key ids, with
+/// max_concurrent_key_checks 2 (the default) and 16, the burst at one key id and spread over
+/// [`ARGON2_KEY_IDS`]. Returns table rows and note lines.
+async fn measure_argon2_ceiling(stack: &Stack<'_>) -> (Vec<Row>, Vec<String>) {
+    eprintln!("… argon2 memory ceiling: {ARGON2_KEY_IDS} API keys");
+    let keys: Vec<(String, String)> = tokio::task::spawn_blocking(|| {
+        (0..ARGON2_KEY_IDS)
+            .map(|_| {
+                let (_, id, phc) = postern_gateway::auth::generate(12).expect("API key");
+                (id, phc)
+            })
+            .collect()
+    })
+    .await
+    .expect("API keys");
+    let mut bursts = Vec::new();
+    for ids in [ARGON2_KEY_IDS, 1] {
+        for slots in [2, 16] {
+            eprintln!(
+                "… {ARGON2_BURST} wrong-secret requests at {ids} key id(s), \
+                 max_concurrent_key_checks = {slots}"
+            );
+            bursts.push(argon2_burst(stack, &keys, slots, ids).await);
+        }
+    }
+    let mut rows = Vec::new();
+    for pair in bursts.chunks(2) {
+        let (two, sixteen) = (&pair[0], &pair[1]);
+        let r = Row {
+            direct: format!("{:.1} (16 slots)", sixteen.growth_mib()),
+            ..row(
+                &format!(
+                    "gateway peak RSS growth MiB, {ARGON2_BURST} wrong secrets at {} key id(s), \
+                     2 slots",
+                    two.ids
+                ),
+                Some(sixteen.growth_mib()),
+                two.growth_mib(),
+                1,
+            )
+        };
+        let limit = two.slots as f64 * ARGON2_RUN_MIB * ARGON2_SLACK;
+        rows.push(with_target(
+            r,
+            &format!("<= {limit:.1} MiB"),
+            two.growth_mib() <= limit && two.unauthorized == ARGON2_BURST as u64,
+        ));
+    }
+    let mut notes = vec![format!(
+        "argon2 memory ceiling: {ARGON2_BURST} concurrent GETs with wrong secrets for valid key \
+         ids, each from its own client IP (127.0.0.2 ...), on a fresh gateway each \
+         (limits.failed_auth_per_ip_per_minute = 1000000, key_verify_timeout = 30s); one argon2 \
+         run holds ~{ARGON2_RUN_MIB:.0} MiB; \"direct\" in those rows is \
+         max_concurrent_key_checks = 16, the target {ARGON2_SLACK}x the argon2 memory of 2 slots:"
+    )];
+    notes.extend(bursts.iter().map(Burst::summary));
+    notes.push(
+        "  (checks of one key id queue behind each other, one argon2 run at a time per id: at \
+         one key id the slots do not come into play)"
+            .into(),
+    );
+    (rows, notes)
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn main() {
     let s = Settings::from_env();
@@ -514,7 +1173,17 @@ fn main() {
         // Kept: the same dialer is the "tunnel only" route of the ceiling measurement.
         let tunnel = Route::Dialer(dialer, Box::new(keys.target()));
 
-        let gw = start_gateway(gateway_bin, cli_bin, &children, &dir, &keys, relay.addr);
+        let stack = Stack {
+            gateway_bin,
+            cli: cli_bin,
+            children: &children,
+            dir: &dir,
+            keys: &keys,
+            relay: relay.addr,
+            relay_pid: relay.pid,
+            agent_pid: agent.pid,
+        };
+        let gw = start_gateway(&stack, &GatewaySpec::new("gateway"));
         let tls = wait_for_gateway(&gw, &children).await;
         println!(
             "  client: hyper HTTP/1.1 keep-alive, TCP_NODELAY; postern over {tls}; direct over TCP"
@@ -531,6 +1200,30 @@ fn main() {
         let mut rows: Vec<Row> = Vec::new();
         let mut cpu_notes: Vec<String> = Vec::new();
         let step = |what: &str| eprintln!("… {what}");
+
+        if !s.runs("base") {
+            // Only the sections named in POSTERN_BENCH_ONLY, after the gateway's start.
+            let mut notes = Vec::new();
+            if s.runs("ops") {
+                let (r, n) = measure_ops(&stack, &s).await;
+                rows.extend(r);
+                notes.extend(n);
+            }
+            if s.runs("argon2") {
+                let (r, n) = measure_argon2_ceiling(&stack).await;
+                rows.extend(r);
+                notes.extend(n);
+            }
+            children.check_alive();
+            eprintln!();
+            println!();
+            print_table(&rows);
+            println!();
+            for note in &notes {
+                println!("{note}");
+            }
+            return;
+        }
 
         // Memory first, on a fresh gateway, so freed memory from the load tests cannot hide
         // the cost of new connections.
@@ -711,6 +1404,18 @@ fn main() {
             per_invalid_us < argon2_us / 10.0 && alone.unauthorized == alone.sent,
         ));
 
+        let mut extra_notes = Vec::new();
+        if s.runs("ops") {
+            let (r, n) = measure_ops(&stack, &s).await;
+            rows.extend(r);
+            extra_notes.extend(n);
+        }
+        if s.runs("argon2") {
+            let (r, n) = measure_argon2_ceiling(&stack).await;
+            rows.extend(r);
+            extra_notes.extend(n);
+        }
+
         children.check_alive();
         eprintln!();
         println!();
@@ -763,6 +1468,9 @@ fn main() {
             rss(relay.pid) / 1024,
             rss(agent.pid) / 1024
         );
+        for note in &extra_notes {
+            println!("{note}");
+        }
     });
     rt.shutdown_timeout(Duration::from_secs(2));
     drop(guard);

@@ -40,6 +40,27 @@ impl Children {
         }
     }
 
+    /// Whether the child `pid` is still running (false once it exited or was stopped).
+    pub fn is_running(&self, pid: u32) -> bool {
+        let mut kids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kids.iter_mut()
+            .find(|(_, c)| c.id() == pid)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the child `pid`, waits for it and forgets it (so that [`check_alive`] does not
+    /// count it as exited early). Does nothing for a pid that is not one of these children.
+    ///
+    /// [`check_alive`]: Self::check_alive
+    pub fn stop(&self, pid: u32) {
+        let mut kids = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = kids.iter().position(|(_, c)| c.id() == pid) {
+            let (_, mut child) = kids.remove(i);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     pub fn kill_all(&self) {
         let mut kids = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for (_, mut child) in kids.drain(..) {

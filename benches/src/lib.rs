@@ -5,7 +5,9 @@
 //! * [`children`]: the release binaries as child processes, killed on exit, panic and Ctrl-C;
 //! * [`stack`]: the tunnel under test — keys and grants, `postern-relay`, `postern expose`;
 //! * [`load`]: routes to the origin, keep-alive HTTP/1.1 load loops and the download;
-//! * [`table`]: the printed result table.
+//! * [`table`]: the printed result table;
+//! * [`prom`]: a child's Prometheus metrics, scraped and parsed (sums, histogram quantiles);
+//! * [`redis`]: a `redis-server` child on a free loopback port.
 //!
 //! The benches measure; they never decide anything about the code under test.
 
@@ -15,10 +17,12 @@
 pub mod children;
 pub mod load;
 pub mod procfs;
+pub mod prom;
+pub mod redis;
 pub mod stack;
 pub mod table;
 
-pub use procfs::{thread_cpu_ns, vm_rss_bytes};
+pub use procfs::{thread_cpu_ns, vm_hwm_bytes, vm_rss_bytes};
 
 /// The `p`-quantile (0..=1) of sorted samples, nearest-rank; 0 when empty.
 pub fn quantile(sorted: &[u64], p: f64) -> u64 {

@@ -5,7 +5,7 @@
 //! [`Dialer`] (the tunnel alone), or through the gateway over TLS with an API key. Every socket
 //! is on 127.0.0.1 and has TCP_NODELAY.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +19,7 @@ use hyper::header::{AUTHORIZATION, HOST};
 use hyper::{Request, StatusCode};
 use postern_sdk::{Dialer, LeaseTarget};
 use postern_tests::{get, http1_client};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 
@@ -120,6 +120,24 @@ impl GatewayRoute {
         let tcp = TcpStream::connect(self.addr)
             .await
             .expect("connect to gateway");
+        self.handshake(tcp).await
+    }
+
+    /// [`connect`](Self::connect) from source address `from` (any of 127.0.0.0/8 on Linux
+    /// loopback): the gateway sees another client IP.
+    pub async fn connect_from(&self, from: Ipv4Addr) -> Sender {
+        let socket = TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::from((from, 0)))
+            .unwrap_or_else(|e| panic!("binding {from}: {e}"));
+        let tcp = socket
+            .connect(self.addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect to gateway from {from}: {e}"));
+        self.handshake(tcp).await
+    }
+
+    async fn handshake(&self, tcp: TcpStream) -> Sender {
         tcp.set_nodelay(true).expect("TCP_NODELAY");
         let name = ServerName::try_from("localhost").expect("server name");
         let tls = tokio::time::timeout(OP_TIMEOUT, self.tls.connect(name, tcp))

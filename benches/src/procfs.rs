@@ -1,6 +1,6 @@
 //! Linux measurement helpers read from `/proc`: per-thread and per-process CPU time, a process's
-//! resident set size, and a one-line description of the machine. No `unsafe`, no extra
-//! dependencies.
+//! resident set size (now and peak), and a one-line description of the machine. No `unsafe`, no
+//! extra dependencies.
 
 /// Clock ticks per second of the `utime`/`stime` fields of `/proc/<pid>/stat`: `USER_HZ`,
 /// which Linux fixes at 100 for user space on every architecture we run on.
@@ -34,16 +34,31 @@ pub fn process_cpu_ns(pid: u32) -> Option<u64> {
 
 /// Resident set size (`VmRSS`) of process `pid`, in bytes.
 pub fn vm_rss_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:").map(|kib| kib * 1024)
+}
+
+/// Peak resident set size (`VmHWM`) of process `pid`, in bytes: since it started, or since the
+/// last [`reset_peak_rss`].
+pub fn vm_hwm_bytes(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
+}
+
+/// Resets `VmHWM` of process `pid` to its current RSS (`echo 5 > /proc/<pid>/clear_refs`, Linux
+/// 4.0+, own processes only); false if the kernel refused.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.trim_start_matches(field)
         .trim()
         .trim_end_matches("kB")
         .trim()
         .parse()
-        .ok()?;
-    Some(kib * 1024)
+        .ok()
 }
 
 /// [`vm_rss_bytes`] of a child that must be running.
@@ -79,6 +94,16 @@ pub struct CpuMeter {
 #[derive(Debug, Clone)]
 pub struct CpuSnapshot(Vec<u64>);
 
+impl CpuSnapshot {
+    /// Adds the CPU time between two readings to this one, process by process: starting from
+    /// [`CpuMeter::zero`], the pair (zero, sum) covers several windows as if they were one.
+    pub fn add_delta(&mut self, before: &CpuSnapshot, after: &CpuSnapshot) {
+        for (sum, (b, a)) in self.0.iter_mut().zip(before.0.iter().zip(&after.0)) {
+            *sum += a.saturating_sub(*b);
+        }
+    }
+}
+
 impl CpuMeter {
     /// Meters `procs` (name, pid); `std::process::id()` meters this process.
     pub fn new(procs: Vec<(&'static str, u32)>) -> Self {
@@ -93,6 +118,11 @@ impl CpuMeter {
                 .map(|(_, pid)| process_cpu_ns(*pid).unwrap_or(0))
                 .collect(),
         )
+    }
+
+    /// A reading of no CPU time at all, to sum windows into with [`CpuSnapshot::add_delta`].
+    pub fn zero(&self) -> CpuSnapshot {
+        CpuSnapshot(vec![0; self.procs.len()])
     }
 
     /// `name µs` per operation for each process between two readings, e.g.
@@ -133,6 +163,22 @@ mod tests {
     #[test]
     fn reads_own_rss() {
         assert!(vm_rss_bytes(std::process::id()).unwrap_or(0) > 0);
+    }
+
+    #[test]
+    fn reads_own_peak_rss() {
+        let pid = std::process::id();
+        assert!(vm_hwm_bytes(pid).unwrap_or(0) >= vm_rss_bytes(pid).unwrap_or(u64::MAX) / 2);
+    }
+
+    #[test]
+    fn pools_windows() {
+        let meter = CpuMeter::new(vec![("a", 1), ("b", 2)]);
+        let mut sum = meter.zero();
+        sum.add_delta(&CpuSnapshot(vec![10, 5]), &CpuSnapshot(vec![30, 6]));
+        sum.add_delta(&CpuSnapshot(vec![40, 6]), &CpuSnapshot(vec![45, 16]));
+        assert_eq!(meter.delta_ns("a", &meter.zero(), &sum), Some(25));
+        assert_eq!(meter.total_ns(&meter.zero(), &sum), 36);
     }
 
     #[test]
