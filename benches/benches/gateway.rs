@@ -605,13 +605,24 @@ fn ops_on_spec(name: &str, redis_url: Option<&str>) -> GatewaySpec {
         Some(url) => format!("backend = \"redis\"\nredis_url = \"{url}\"\n"),
         None => "backend = \"local\"\n".into(),
     };
+    // Diagnostics: `POSTERN_BENCH_OPS_ON_LOG` replaces the access-log filter, and
+    // `POSTERN_BENCH_OPS_ON_BUDGETS=0` leaves the budgets out, to tell the costs apart.
+    let rust_log: &'static str = match std::env::var("POSTERN_BENCH_OPS_ON_LOG") {
+        Ok(filter) => Box::leak(filter.into_boxed_str()),
+        Err(_) => "warn,postern::access=info",
+    };
+    let budgets = std::env::var("POSTERN_BENCH_OPS_ON_BUDGETS").map_or(true, |v| v != "0");
+    let budgets = if budgets {
+        format!(
+            "global = {NEVER_REACHED}\nper_key = {NEVER_REACHED}\n\
+             per_lease = {NEVER_REACHED}\nper_ip = {NEVER_REACHED}\n"
+        )
+    } else {
+        String::new()
+    };
     GatewaySpec {
-        rust_log: "warn,postern::access=info",
-        tables: format!(
-            "[rate_limit]\n{backend}global = {NEVER_REACHED}\nper_key = {NEVER_REACHED}\n\
-             per_lease = {NEVER_REACHED}\nper_ip = {NEVER_REACHED}\n\n\
-             [breaker]\nenabled = true\n"
-        ),
+        rust_log,
+        tables: format!("[rate_limit]\n{backend}{budgets}\n[breaker]\nenabled = true\n"),
         metrics: Some(SocketAddr::from(([127, 0, 0, 1], free_port()))),
         ..GatewaySpec::new(name)
     }

@@ -25,6 +25,7 @@ pub mod downstream;
 pub mod endpoints;
 pub mod forwarding;
 pub mod header_deadline;
+pub mod log_sink;
 pub mod metrics;
 pub mod problem;
 pub mod proxy;

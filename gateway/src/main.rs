@@ -7,7 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use postern_gateway::access_log::{self, AccessLayer};
+use postern_gateway::log_sink::LogSink;
 use postern_gateway::runtime::Runtime;
+use tracing_subscriber::prelude::*;
 
 /// glibc's allocator serialises on its arena locks when one thread frees what another
 /// allocated, which every proxied buffer does; mimalloc frees into per-thread pages. In the
@@ -46,19 +49,45 @@ enum LogFormat {
     Text,
 }
 
-fn init_logs(format: LogFormat) {
+fn init_logs(format: LogFormat) -> Option<LogSink> {
     // The gateway's own events (reloads, breaker transitions) and the access log (target
     // postern::access) at info, its dependencies at warn, unless RUST_LOG says otherwise.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new("warn,postern_gateway=info,postern::access=info")
     });
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
+    // Lines go through a buffer written by a thread of its own (see log_sink); if that
+    // thread cannot start, straight to stderr. In JSON, access-log lines are formatted by
+    // their own layer (see access_log), and the general formatter skips them.
+    let sink = LogSink::stderr().ok();
+    match (format, sink.clone()) {
+        (LogFormat::Json, Some(sink)) => {
+            let general = tracing_subscriber::fmt::layer()
+                .json()
+                .with_writer(sink.clone())
+                .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                    !access_log::is_access(m)
+                }));
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(general)
+                .with(AccessLayer::new(sink))
+                .init();
+        }
+        (LogFormat::Text, Some(sink)) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(sink)
+            .init(),
+        (LogFormat::Json, None) => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
+        (LogFormat::Text, None) => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init(),
     }
+    sink
 }
 
 fn main() -> ExitCode {
@@ -66,7 +95,7 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { file }) = &args.command {
         return check_config(file);
     }
-    init_logs(args.log_format);
+    let sink = init_logs(args.log_format);
     let Some(path) = args.config else {
         eprintln!("postern-gateway: --config FILE is required (or: check-config FILE)");
         return ExitCode::from(2);
@@ -81,14 +110,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(path)) {
+    let code = match runtime.block_on(run(path)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("postern-gateway: {e:#}");
             tracing::error!(error = format!("{e:#}"), "gateway stopped");
+            if let Some(sink) = &sink {
+                sink.flush();
+            }
+            eprintln!("postern-gateway: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(sink) = &sink {
+        sink.flush();
     }
+    code
 }
 
 async fn run(path: PathBuf) -> anyhow::Result<()> {
@@ -99,10 +135,8 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     if let Some(addr) = gateway.metrics_addr() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    tokio::spawn(postern_gateway::reload::watch(
-        std::sync::Arc::clone(&runtime),
-        path,
-    ));
+    postern_gateway::reload::watch(std::sync::Arc::clone(&runtime), path)
+        .context("watching the config file")?;
     let shutdown = postern_gateway::server::shutdown_on_stop_signal();
     gateway.serve(shutdown).await;
     Ok(())

@@ -23,7 +23,7 @@
 
 use bytes::Bytes;
 
-use crate::access_log::Outcome;
+use crate::access_log::{push_json_string, Outcome};
 
 /// A policy's refusal of a request: answered with `problem`, logged as `outcome`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,23 +170,6 @@ impl Problem {
         }
         headers
     }
-}
-
-/// Appends `s` as a JSON string literal (RFC 8259 escaping).
-fn push_json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => out.push_str(&format!("\\u{:04x}", u32::from(c))),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 #[cfg(test)]

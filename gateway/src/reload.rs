@@ -56,18 +56,18 @@ pub fn reload_from(runtime: &Runtime, path: &Path) -> Result<ReloadReport, Reloa
     applied
 }
 
-/// Watches `path` and reloads on every change until the watcher ends.
-pub async fn watch(runtime: Arc<Runtime>, path: PathBuf) {
-    let mut watcher = match ConfigWatcher::new(&path, DEBOUNCE) {
-        Ok(watcher) => watcher,
-        Err(e) => {
-            tracing::error!(file = %path.display(), error = %e, "config watcher not started: reload needs a restart");
-            return;
+/// Starts watching `path` now (a change written after this returns is seen) and reloads on
+/// every change, on a task of its own, until the watcher ends.
+pub fn watch(
+    runtime: Arc<Runtime>,
+    path: PathBuf,
+) -> Result<tokio::task::JoinHandle<()>, postern_config::WatchError> {
+    let mut watcher = ConfigWatcher::new(&path, DEBOUNCE)?;
+    Ok(tokio::spawn(async move {
+        while let Some(trigger) = watcher.changed().await {
+            tracing::debug!(?trigger, "config change");
+            let _ = reload_from(&runtime, &path);
         }
-    };
-    while let Some(trigger) = watcher.changed().await {
-        tracing::debug!(?trigger, "config change");
-        let _ = reload_from(&runtime, &path);
-    }
-    tracing::error!(file = %path.display(), "config watcher stopped");
+        tracing::error!(file = %path.display(), "config watcher stopped: reload needs a restart");
+    }))
 }

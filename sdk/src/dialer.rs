@@ -181,9 +181,22 @@ impl Dialer {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Lease sessions currently held.
+    /// Lease sessions open now: slots holding a live session (a slot whose dial failed, or
+    /// whose session has closed, is not one). A slot being established at this moment is
+    /// not counted.
     pub fn session_count(&self) -> usize {
-        self.inner.slots.lock().map(|s| s.len()).unwrap_or(0)
+        let slots: Vec<Arc<Slot>> = match self.inner.slots.lock() {
+            Ok(slots) => slots.values().cloned().collect(),
+            Err(_) => return 0,
+        };
+        slots
+            .iter()
+            .filter(|slot| {
+                slot.session
+                    .try_lock()
+                    .is_ok_and(|s| s.as_ref().is_some_and(|s| !s.mux.is_closed()))
+            })
+            .count()
     }
 
     fn slot(&self, name: &str) -> Result<Arc<Slot>, DialError> {

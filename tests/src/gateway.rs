@@ -178,10 +178,7 @@ impl TestGateway {
         let metrics = gateway.metrics_addr().unwrap();
         let (tx, rx) = watch::channel(false);
         let serving = tokio::spawn(gateway.serve(rx));
-        tokio::spawn(postern_gateway::reload::watch(
-            Arc::clone(&runtime),
-            config_path.clone(),
-        ));
+        postern_gateway::reload::watch(Arc::clone(&runtime), config_path.clone()).unwrap();
         Self {
             https,
             http,
