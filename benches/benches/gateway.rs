@@ -55,8 +55,9 @@ use postern_benches::children::{
     binaries_or_exit, free_port, log_tail, run_cli, wait_for_port, warn_if_stale, Children, Guard,
 };
 use postern_benches::load::{
-    env_u64, exchange, measure_download, measure_load_metered, open_connections, request_each,
-    run_load, size_label, Download, GatewayRoute, Load, LoadSettings, Route, Sender, MIB,
+    env_u64, exchange, measure_download, measure_load_metered, open_connections, request,
+    request_each, run_load, size_label, Download, GatewayRoute, Load, LoadSettings, Route, Sender,
+    MIB,
 };
 use postern_benches::procfs::{machine, reset_peak_rss, rss, vm_hwm_bytes, CpuMeter, CpuSnapshot};
 use postern_benches::prom;
@@ -747,7 +748,11 @@ async fn measure_ops(stack: &Stack<'_>, s: &Settings) -> (Vec<Row>, Vec<String>)
     for run in &mut runs {
         wait_for_gateway(&run.gw, stack.children).await;
         for _ in 0..32 {
-            run.senders.push(run.route.connect().await);
+            let mut sender = run.route.connect().await;
+            // One request now: a connection that has sent nothing is closed by the gateway's
+            // header deadline (`request_header_timeout`) while the other runs' windows go by.
+            request(&run.route, &mut sender, SMALL).await;
+            run.senders.push(sender);
         }
     }
     for round in 0..OPS_ROUNDS {
