@@ -8,13 +8,12 @@
 //! `INFO server` with its own process id, so a server that happens to hold the port is never
 //! mistaken for ours.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::children::{free_port, Children};
+use postern_tests::redis::server_pid;
 
 /// How long a fresh server may take to answer.
 const READY_WITHIN: Duration = Duration::from_secs(5);
@@ -78,24 +77,4 @@ pub fn start_redis(children: &Children, dir: &Path) -> Result<Redis, String> {
         children.stop(pid);
     }
     Err(last)
-}
-
-/// The `process_id` the server on `port` reports in `INFO server`, if it answers.
-fn server_pid(port: u16) -> Option<u32> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_millis(500)))
-        .ok()?;
-    stream.write_all(b"INFO server\r\n").ok()?;
-    let mut reader = BufReader::new(stream);
-    let mut header = String::new();
-    reader.read_line(&mut header).ok()?;
-    let len: usize = header.strip_prefix('$')?.trim_end().parse().ok()?;
-    let mut body = vec![0u8; len.min(1 << 20)];
-    reader.read_exact(&mut body).ok()?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|line| line.strip_prefix("process_id:"))
-        .and_then(|pid| pid.trim().parse().ok())
 }

@@ -266,18 +266,7 @@ pub fn path_only(path_and_query: &str) -> &str {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::log_sink::tests::Captured;
 
     #[test]
     fn an_access_event_is_one_json_line_with_every_field() {

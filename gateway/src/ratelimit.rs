@@ -46,9 +46,18 @@ use self::redis::{RedisDecision, RedisLimit, RedisLimiter};
 type DirectLimiter =
     governor::RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// The in-process limiters of keys, leases and the whole gateway, with the rate each was
-/// made for.
-type NamedLimiters = HashMap<(Limit, String), (Rate, Arc<DirectLimiter>)>;
+/// The in-process limiters of one kind (keys, leases, or the one global), by name, with the
+/// rate each was made for. Looked up by `&str`: a decision allocates nothing.
+type NamedLimiters = HashMap<String, (Rate, Arc<DirectLimiter>)>;
+
+/// Where the limiters of `limit` are kept in [`RateLimiter::named`].
+fn slot(limit: Limit) -> usize {
+    match limit {
+        Limit::Key => 0,
+        Limit::Lease => 1,
+        Limit::Global | Limit::Ip => 2,
+    }
+}
 
 /// Which budget a decision is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,7 +92,8 @@ pub struct Budgets<'a> {
 
 /// Every limiter of the gateway; lives in the runtime, across reloads.
 pub struct RateLimiter {
-    named: RwLock<NamedLimiters>,
+    /// Keys, leases, global ([`slot`]).
+    named: [RwLock<NamedLimiters>; 3],
     ip: RwLock<Option<(Rate, Arc<DefaultKeyedRateLimiter<IpAddr>>)>>,
     ip_checks: AtomicU64,
     redis: Option<RedisBackend>,
@@ -93,7 +103,10 @@ pub struct RateLimiter {
 impl std::fmt::Debug for RateLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateLimiter")
-            .field("limiters", &self.named.read().len())
+            .field(
+                "limiters",
+                &self.named.iter().map(|n| n.read().len()).sum::<usize>(),
+            )
             .field("redis", &self.redis.is_some())
             .finish_non_exhaustive()
     }
@@ -139,7 +152,7 @@ impl RateLimiter {
             (RateLimitBackend::Local, _) => None,
         };
         Ok(Self {
-            named: RwLock::new(HashMap::new()),
+            named: Default::default(),
             ip: RwLock::new(None),
             ip_checks: AtomicU64::new(0),
             redis,
@@ -149,21 +162,22 @@ impl RateLimiter {
 
     /// Checks (and, when allowed, charges) the budgets of one request.
     pub async fn check(&self, budgets: Budgets<'_>) -> Result<(), Refusal> {
-        let limits: Vec<(Limit, &str, Rate)> = [
+        let all = [
             budgets.key.map(|(id, r)| (Limit::Key, id, r)),
             budgets.lease.map(|(name, r)| (Limit::Lease, name, r)),
             budgets.global.map(|r| (Limit::Global, "all", r)),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if limits.is_empty() {
+        ];
+        if all.iter().all(Option::is_none) {
             return Ok(());
         }
-        if let Some(decided) = self.check_redis(&limits).await {
-            return decided;
+        let limits = all.iter().flatten();
+        if self.redis.is_some() {
+            let limits: Vec<(Limit, &str, Rate)> = limits.clone().copied().collect();
+            if let Some(decided) = self.check_redis(&limits).await {
+                return decided;
+            }
         }
-        for (limit, name, rate) in &limits {
+        for (limit, name, rate) in limits {
             let limiter = self.named_limiter(*limit, name, *rate);
             if let Err(not_until) = limiter.check() {
                 let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -255,15 +269,15 @@ impl RateLimiter {
     }
 
     fn named_limiter(&self, limit: Limit, name: &str, rate: Rate) -> Arc<DirectLimiter> {
-        let key = (limit, name.to_owned());
-        if let Some((r, limiter)) = self.named.read().get(&key) {
+        let named = &self.named[slot(limit)];
+        if let Some((r, limiter)) = named.read().get(name) {
             if *r == rate {
                 return Arc::clone(limiter);
             }
         }
-        let mut named = self.named.write();
+        let mut named = named.write();
         let entry = named
-            .entry(key)
+            .entry(name.to_owned())
             .or_insert_with(|| (rate, Arc::new(direct(rate))));
         if entry.0 != rate {
             *entry = (rate, Arc::new(direct(rate)));
@@ -290,9 +304,11 @@ impl RateLimiter {
 
     /// Forgets the limiters of keys and leases no longer configured (after a reload).
     pub fn retain(&self, keep: impl Fn(Limit, &str) -> bool) {
-        self.named
-            .write()
-            .retain(|(limit, name), _| keep(*limit, name));
+        for limit in [Limit::Key, Limit::Lease, Limit::Global] {
+            self.named[slot(limit)]
+                .write()
+                .retain(|name, _| keep(limit, name));
+        }
     }
 
     fn refuse(&self, limit: Limit, rate: Rate, retry_after: Duration, reset: Duration) -> Refusal {

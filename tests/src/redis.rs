@@ -111,9 +111,11 @@ fn free_port() -> u16 {
         .unwrap_or_else(|e| panic!("no free loopback port: {e}"))
 }
 
-/// The `process_id` the server on `port` reports in `INFO server`, if it answers.
-fn server_pid(port: u16) -> Option<u32> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+/// The `process_id` the server on `127.0.0.1:port` reports in `INFO server`, if it answers
+/// (used by the benches too: a server that merely holds the port is never taken for ours).
+pub fn server_pid(port: u16) -> Option<u32> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
     stream
         .set_read_timeout(Some(Duration::from_millis(500)))
         .ok()?;
