@@ -150,12 +150,14 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = postern_config::load_gateway(&path)
         .with_context(|| format!("config {}", path.display()))?;
     let runtime = Runtime::start(config).context("starting the gateway")?;
+    // Watching before the listeners are bound: a change written once the gateway answers is
+    // never missed.
+    postern_gateway::reload::watch(std::sync::Arc::clone(&runtime), path)
+        .context("watching the config file")?;
     let gateway = postern_gateway::server::Gateway::bind(std::sync::Arc::clone(&runtime))?;
     if let Some(addr) = gateway.metrics_addr() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }
-    postern_gateway::reload::watch(std::sync::Arc::clone(&runtime), path)
-        .context("watching the config file")?;
     let shutdown = postern_gateway::server::shutdown_on_stop_signal();
     gateway.serve(shutdown).await;
     Ok(())

@@ -225,24 +225,7 @@ impl TestGateway {
 
     /// The text of `GET /metrics` from the metrics listener.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        // hyper may send the body chunked when it does not know the length up front.
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            crate::dechunk(body)
-        } else {
-            body.to_owned()
-        }
+        crate::scrape(self.metrics).await
     }
 
     /// Starts a graceful shutdown: the listeners stop and idle connections are closed.

@@ -385,3 +385,58 @@ pub fn dechunk(mut body: &str) -> String {
         body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
     }
 }
+
+/// Waits (at most 10 s) until the process whose `/proc` directory is `proc` has an inotify
+/// watch on the directory of `config`: a test that rewrites a config file right after starting
+/// a gateway process knows its change will be seen.
+pub async fn wait_for_config_watch(proc: &str, config: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let within = Duration::from_secs(10);
+    let dir = std::fs::metadata(config.parent().unwrap()).unwrap();
+    let ino = format!(" ino:{:x} ", dir.ino());
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let fds = std::fs::read_dir(format!("{proc}/fdinfo")).unwrap();
+        let watched = fds.flatten().any(|fd| {
+            std::fs::read_to_string(fd.path()).is_ok_and(|info| {
+                info.lines()
+                    .any(|l| l.starts_with("inotify ") && l.contains(&ino))
+            })
+        });
+        if watched {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{proc} set up no inotify watch on {} within {within:?}",
+            config.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The body of `GET /metrics` from a metrics listener at `addr` (at most 10 s).
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut out = String::new();
+        tcp.read_to_string(&mut out).await.unwrap();
+        let (head, body) = out.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        // hyper may send the body chunked when it does not know the length up front.
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        }
+    })
+    .await
+    .expect("a scrape within 10 s")
+}

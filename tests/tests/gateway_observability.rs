@@ -60,36 +60,6 @@ fn anon(path: &str) -> Request<Body> {
         .unwrap()
 }
 
-/// Waits (bounded) until the process whose `/proc` directory is `proc` has an inotify watch on
-/// the directory of `config`. `TestGateway::start` (and the binary's `main`) spawn the config
-/// watcher without waiting for it to be set up, and a change written before the watch exists
-/// is never seen: a test that rewrites the file right after start would hang on a loaded
-/// machine.
-async fn watching(proc: &str, config: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let dir = std::fs::metadata(config.parent().unwrap()).unwrap();
-    let ino = format!(" ino:{:x} ", dir.ino());
-    let deadline = Instant::now() + STEP;
-    loop {
-        let fds = std::fs::read_dir(format!("{proc}/fdinfo")).unwrap();
-        let watched = fds.flatten().any(|fd| {
-            std::fs::read_to_string(fd.path()).is_ok_and(|info| {
-                info.lines()
-                    .any(|l| l.starts_with("inotify ") && l.contains(&ino))
-            })
-        });
-        if watched {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proc} set up no inotify watch on {} within {STEP:?}",
-            config.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 // ---- the real Prometheus parser ------------------------------------------------------------
 
 /// Prints the families and samples of the exposition in the file `argv[1]` as JSON.
@@ -795,7 +765,7 @@ async fn the_binary_writes_one_json_access_line_per_request_and_never_a_key() {
         .position(|l| l == "max_connections = 0")
         .unwrap()
         + 1;
-    watching(&format!("/proc/{}", gw.child.id()), &config).await;
+    wait_for_config_watch(&format!("/proc/{}", gw.child.id()), &config).await;
     let tmp = config.with_extension("toml.new");
     std::fs::write(&tmp, &bad).unwrap();
     std::fs::rename(&tmp, &config).unwrap();
@@ -936,29 +906,6 @@ async fn one_ips_connection_flood_is_capped_at_accept_while_another_ip_is_served
 
 // ---- the deploy files' metric names --------------------------------------------------------
 
-/// `GET /metrics` from a metrics listener at `addr`.
-async fn scrape_at(addr: SocketAddr) -> String {
-    within("scrape", async {
-        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tcp.write_all(b"GET /metrics HTTP/1.1\r\nhost: metrics\r\nconnection: close\r\n\r\n")
-            .await
-            .unwrap();
-        let mut out = String::new();
-        tcp.read_to_string(&mut out).await.unwrap();
-        let (head, body) = out.split_once("\r\n\r\n").unwrap();
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        }
-    })
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_name_in_the_deploy_files_is_exported() {
     let net = TestNet::start().await;
@@ -1018,7 +965,7 @@ async fn every_metric_name_in_the_deploy_files_is_exported() {
         flood.push(connect_from([127, 0, 0, 9], gw.http).await);
     }
     // A reload.
-    watching("/proc/self", &gw.config_path).await;
+    wait_for_config_watch("/proc/self", &gw.config_path).await;
     assert!(gw.rewrite_config(&gw.toml).await);
 
     let deadline = Instant::now() + STEP;
@@ -1062,7 +1009,7 @@ async fn every_metric_name_in_the_deploy_files_is_exported() {
         assert!(n.is_some_and(|n| n >= 1.0), "{series}: {n:?}\n{gateway}");
     }
     let relay = match net.relay.metrics_addr() {
-        Some(addr) => scrape_at(addr).await,
+        Some(addr) => scrape(addr).await,
         None => net.relay.render_metrics(),
     };
 

@@ -10,7 +10,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,36 +40,6 @@ async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(STEP, f)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {STEP:?}"))
-}
-
-/// Waits (bounded) until the process whose `/proc` directory is `proc` has an inotify watch on
-/// the directory of `config`. `TestGateway::start` (and the binary's `main`) spawn the config
-/// watcher without waiting for it to be set up, and a change written before the watch exists
-/// is never seen: a test that rewrites the file right after start would hang on a loaded
-/// machine.
-async fn watching(proc: &str, config: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let dir = std::fs::metadata(config.parent().unwrap()).unwrap();
-    let ino = format!(" ino:{:x} ", dir.ino());
-    let deadline = Instant::now() + STEP;
-    loop {
-        let fds = std::fs::read_dir(format!("{proc}/fdinfo")).unwrap();
-        let watched = fds.flatten().any(|fd| {
-            std::fs::read_to_string(fd.path()).is_ok_and(|info| {
-                info.lines()
-                    .any(|l| l.starts_with("inotify ") && l.contains(&ino))
-            })
-        });
-        if watched {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{proc} set up no inotify watch on {} within {STEP:?}",
-            config.display()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// An origin with `/ws` (a WebSocket echo), `/sse` (event n only once the test sent the n-th
@@ -206,7 +175,7 @@ async fn a_lease_acl_change_applies_without_restart_and_open_streams_keep_flowin
     let other = net.expose("other", spawn_origin().await).await;
     let (scoped_toml, scoped) = api_key_toml("scoped", "\"web\"", "");
     let gw = TestGateway::start(&net, &[("web", &web), ("other", &other)], &scoped_toml).await;
-    watching("/proc/self", &gw.config_path).await;
+    wait_for_config_watch("/proc/self", &gw.config_path).await;
     let on_web = gw.toml.clone();
     assert_eq!(on_web.matches("leases = [\"web\"]").count(), 1, "{on_web}");
     let on_other = on_web.replace("leases = [\"web\"]", "leases = [\"other\"]");
@@ -329,7 +298,7 @@ fn toml_path(toml: &str, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_is_counted_and_ignored_and_a_later_valid_one_applies() {
     let (_net, gw) = TestGateway::for_web_origin("").await;
-    watching("/proc/self", &gw.config_path).await;
+    wait_for_config_watch("/proc/self", &gw.config_path).await;
     let cert = toml_path(&gw.toml, "cert");
     let missing = gw.config_path.with_file_name("no-such-cert.pem");
     let broken = [
@@ -454,7 +423,7 @@ async fn hello_over(client: &mut hyper::client::conn::http1::SendRequest<Body>, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_certificate_reaches_new_handshakes_while_old_connections_keep_working() {
     let (_net, gw) = TestGateway::for_web_origin("").await;
-    watching("/proc/self", &gw.config_path).await;
+    wait_for_config_watch("/proc/self", &gw.config_path).await;
     let original = gw.ca.clone();
     let (second, second_pem, second_key) = self_signed();
     let (third, third_pem, third_key) = self_signed();
@@ -524,7 +493,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_only_settings_keep_running_values_while_the_rest_of_the_file_applies() {
     let (_net, gw) = TestGateway::for_web_origin("").await;
-    watching("/proc/self", &gw.config_path).await;
+    wait_for_config_watch("/proc/self", &gw.config_path).await;
     let moved = free_port();
     let (added, added_key) = api_key_toml("added", "\"web\"", "");
     let plain_listen = "http = \"127.0.0.1:0\"";
