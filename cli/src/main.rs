@@ -130,7 +130,8 @@ struct ExposeArgs {
     /// Lease TTL; renewed at a third of it.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     ttl: Duration,
-    /// ALPN protocols the lease speaks; repeatable.
+    /// ALPN protocols the lease speaks inside the tunnel, in preference order; repeatable.
+    /// Default for an http:// target: `h2`, `http/1.1` (the agent serves both).
     #[arg(long)]
     alpn: Vec<String>,
 }
@@ -242,10 +243,12 @@ async fn agent_cmd(path: &Path) -> anyhow::Result<()> {
     let mut leases = Vec::new();
     for lease in &cfg.leases {
         let name = postern_sdk::lease_name::normalize(&lease.name)?;
-        targets.insert(name.clone(), Target::parse(&lease.target, lease.keep_host)?);
+        let target = Target::parse(&lease.target, lease.keep_host)?;
+        let alpn = served_alpn(&lease.alpn, &target);
+        targets.insert(name.clone(), target);
         leases.push(LeaseSpec {
             name,
-            alpn: lease.alpn.clone(),
+            alpn,
             metadata: lease.metadata.clone(),
             ttl: lease.ttl,
         });
@@ -312,6 +315,19 @@ fn print_status(mut status: tokio::sync::watch::Receiver<ListenerStatus>) {
     });
 }
 
+/// The protocols a lease serves: as configured, or for an HTTP target what the agent serves
+/// (HTTP/2 first, so that the gateway carries the lease's requests on one HTTP/2 connection).
+fn served_alpn(configured: &[String], target: &Target) -> Vec<String> {
+    match target {
+        _ if !configured.is_empty() => configured.to_vec(),
+        Target::Http { .. } => postern_sdk::expose::HTTP_ALPN
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        Target::Tcp { .. } => Vec::new(),
+    }
+}
+
 async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.target, args.keep_host)?;
     let identity = load_or_create_key(&args.key)?;
@@ -342,7 +358,7 @@ async fn expose_cmd(args: ExposeArgs) -> anyhow::Result<()> {
     };
     let mut lease = LeaseSpec::new(args.lease.clone());
     lease.ttl = args.ttl;
-    lease.alpn = args.alpn.clone();
+    lease.alpn = served_alpn(&args.alpn, &target);
     let mut cfg = ListenerConfig::new(relays[0].clone(), identity, grants, lease);
     cfg.relays = relays;
     cfg.client = client;

@@ -61,6 +61,98 @@ pub struct GatewayConfig {
     /// `[metrics]`: the Prometheus listener.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// `[upstream]`: how requests travel to the leases' agents.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+/// How the gateway speaks HTTP to a lease's agent, inside the lease's E2EE session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/2 when the lease serves it (the handshake agrees on `h2`; the `expose` agent
+    /// does), HTTP/1.1 otherwise.
+    #[default]
+    Auto,
+    /// Always HTTP/1.1, one inner stream per request.
+    Http1,
+}
+
+/// `[upstream]`: the gateway's HTTP/2 connections to the leases. Each lease's requests ride
+/// HTTP/2 connections carried on inner streams of its E2EE session, one HTTP/2 stream per
+/// request; a second connection opens only when the first has no free stream.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub protocol: UpstreamProtocol,
+    /// Concurrent requests on one HTTP/2 connection (the agent may advertise fewer).
+    pub max_streams_per_connection: usize,
+    /// HTTP/2 connections to one lease at once.
+    pub max_connections_per_lease: usize,
+    /// HTTP/2 receive window of one response, bytes: the most a response can have in flight
+    /// from the agent before the client reads it (a slow client's memory bound), and with the
+    /// session's round trip the throughput bound of one response.
+    pub stream_window_bytes: u32,
+    /// HTTP/2 receive window of one connection, bytes: what all its responses together may
+    /// have in flight. Larger than one stream's, so that a few slow clients cannot stall the
+    /// others on the connection.
+    pub connection_window_bytes: u32,
+    /// An HTTP/2 connection without a request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            protocol: UpstreamProtocol::Auto,
+            max_streams_per_connection: 256,
+            max_connections_per_lease: 4,
+            stream_window_bytes: 2 * 1024 * 1024,
+            connection_window_bytes: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// RFC 9113 §6.9.1: the largest flow-control window.
+const MAX_H2_WINDOW: u32 = (1 << 31) - 1;
+/// RFC 9113 §6.5.2: the default window, also the smallest one worth configuring.
+const MIN_H2_WINDOW: u32 = 65_535;
+
+impl UpstreamConfig {
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        ensure(
+            (1..=10_000).contains(&self.max_streams_per_connection),
+            &format!("{at}.max_streams_per_connection"),
+            "must be 1 to 10000",
+        )?;
+        ensure(
+            (1..=64).contains(&self.max_connections_per_lease),
+            &format!("{at}.max_connections_per_lease"),
+            "must be 1 to 64",
+        )?;
+        for (name, value) in [
+            ("stream_window_bytes", self.stream_window_bytes),
+            ("connection_window_bytes", self.connection_window_bytes),
+        ] {
+            ensure(
+                (MIN_H2_WINDOW..=MAX_H2_WINDOW).contains(&value),
+                &format!("{at}.{name}"),
+                "must be 65535 to 2147483647",
+            )?;
+        }
+        ensure(
+            self.connection_window_bytes >= self.stream_window_bytes,
+            &format!("{at}.connection_window_bytes"),
+            "must be at least stream_window_bytes",
+        )?;
+        ensure(
+            !self.idle_timeout.is_zero(),
+            &format!("{at}.idle_timeout"),
+            "must be greater than 0",
+        )
+    }
 }
 
 /// A request budget: `requests` per `per`, with bursts of up to `burst` (GCRA).
@@ -555,6 +647,7 @@ impl GatewayConfig {
         self.limits.validate("limits")?;
         self.rate_limit.validate("rate_limit")?;
         self.breaker.validate("breaker")?;
+        self.upstream.validate("upstream")?;
         for (i, lease) in self.leases.iter().enumerate() {
             let at = format!("lease[{i}]");
             if let Some(rate) = &lease.rate_limit {

@@ -39,7 +39,7 @@ pub use error::ConfigError;
 pub use gateway::{
     load_gateway, parse_gateway, ApiKeyConfig, BreakerConfig, BreakerOverride, GatewayConfig,
     GatewayLease, GatewayLimits, GatewayListen, IpPolicy, MetricsConfig, Rate, RateLimitBackend,
-    RateLimitConfig, Scope, TlsCert,
+    RateLimitConfig, Scope, TlsCert, UpstreamConfig, UpstreamProtocol,
 };
 pub use load::{load_agent, load_relay, parse_agent, parse_relay};
 pub use locate::locate;

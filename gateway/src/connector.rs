@@ -1,10 +1,13 @@
-//! The upstream seam: Pingora's custom L4 connector, backed by the SDK's [`Dialer`].
+//! Inner streams of a lease's E2EE session as Pingora sockets, and the HTTP/1 upstream seam:
+//! Pingora's custom L4 connector, backed by the SDK's [`Dialer`].
 //!
-//! Every upstream connection Pingora asks for becomes a new inner stream of the per-lease E2EE
-//! session — no relay round trip and no handshake once the session is up. Pingora 0.9.1 never
-//! reuses a virtual upstream stream (cloudflare/pingora#883: its reuse check calls
-//! `getpeername(-1)`), so the peer's idle timeout is zero and the stream closes when the
-//! request is done; this is why a new upstream connection has to be this cheap.
+//! Most requests ride the lease's HTTP/2 connection ([`crate::upstream`]), whose socket is a
+//! [`plain_stream`]. What stays on HTTP/1 — WebSocket upgrades, and every request to a lease
+//! that does not serve `h2` — gets a new inner stream of the per-lease E2EE session per
+//! request ([`TunnelConnector`], [`http1_stream`]): no relay round trip and no handshake once
+//! the session is up. Pingora 0.9.1 never reuses a virtual upstream stream
+//! (cloudflare/pingora#883: its reuse check calls `getpeername(-1)`), so the peer's idle
+//! timeout is zero and the stream closes when the request is done.
 //!
 //! The responder is pinned: [`LeaseTarget::owner_identity`] comes from the gateway's config
 //! (the control plane's record), never from the relay.
@@ -189,16 +192,36 @@ impl L4Connect for TunnelConnector {
                 e,
             )
         })?;
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(
-            TunnelSocket {
-                stream,
-                gate: self.upgrade_gate.clone().map(|g| (g, false)),
-                head: Some(HeadClock {
-                    timeout: self.head_timeout,
-                    timer: Box::pin(tokio::time::sleep(self.head_timeout)),
-                    timed_out: Arc::clone(&self.head_timed_out),
-                }),
-            },
-        ))))
+        let head = (self.head_timeout, Arc::clone(&self.head_timed_out));
+        Ok(http1_stream(stream, self.upgrade_gate.clone(), head))
     }
+}
+
+/// An inner stream as the socket of one HTTP/1 exchange: with an upgrade request's gate, and
+/// the head clock (`head.0`; `head.1` is set when it runs out).
+pub fn http1_stream(
+    stream: MuxStream,
+    gate: Option<Arc<UpgradeGate>>,
+    head: (Duration, Arc<AtomicBool>),
+) -> Stream {
+    let (timeout, timed_out) = head;
+    Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket {
+        stream,
+        gate: gate.map(|g| (g, false)),
+        head: Some(HeadClock {
+            timeout,
+            timer: Box::pin(tokio::time::sleep(timeout)),
+            timed_out,
+        }),
+    })))
+}
+
+/// An inner stream as the socket of a long-lived connection (an HTTP/2 connection to the
+/// lease): no gate and no head clock; its requests keep their own.
+pub fn plain_stream(stream: MuxStream) -> Stream {
+    Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket {
+        stream,
+        gate: None,
+        head: None,
+    })))
 }

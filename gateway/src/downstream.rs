@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use crate::connections::ConnectionSlot;
 use crate::header_deadline::HeaderDeadlineStream;
 use crate::runtime::Runtime;
-use async_trait::async_trait;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
@@ -42,32 +41,31 @@ use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 
-/// Serves the connections accepted by one listener with the HTTP application `A`.
-pub struct DownstreamApp<A> {
-    inner: Arc<A>,
+/// Serves the connections accepted by one listener with an HTTP application (Pingora's proxy,
+/// handed over per connection by the proxy's custom-session hook: see `crate::server`).
+pub struct DownstreamApp {
     /// Pingora's rustls acceptor for an HTTPS listener; `None` for plain HTTP.
     tls: Option<Arc<Acceptor>>,
     /// The connection slots, and the limits of the snapshot in force at each accept.
     runtime: Arc<Runtime>,
 }
 
-impl<A> DownstreamApp<A> {
-    pub fn new(inner: Arc<A>, tls: Option<Acceptor>, runtime: Arc<Runtime>) -> Self {
+impl DownstreamApp {
+    pub fn new(tls: Option<Acceptor>, runtime: Arc<Runtime>) -> Self {
         Self {
-            inner,
             tls: tls.map(Arc::new),
             runtime,
         }
     }
-}
 
-#[async_trait]
-impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DownstreamApp<A> {
-    async fn process_new(
+    /// Takes an accepted connection: refused at once over a connection cap, else served by
+    /// `app` on a task of its own (see the module docs).
+    pub fn accept<A: HttpServerApp + Send + Sync + 'static>(
         self: &Arc<Self>,
+        app: Arc<A>,
         session: Stream,
         shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
+    ) {
         let accepted = Instant::now();
         let limits = &self.runtime.snapshot().config.limits;
         let (header_timeout, max_header_bytes) =
@@ -83,22 +81,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for DownstreamApp<A> {
             Ok(slot) => slot,
             Err(why) => {
                 tracing::debug!(?why, "client connection refused at accept");
-                return None;
+                return;
             }
         };
-        let app = Arc::clone(self);
+        let front = Arc::clone(self);
         let shutdown = shutdown.clone();
         let limits = AcceptLimits {
             accepted,
             header_timeout,
             max_header_bytes,
         };
-        tokio::spawn(async move { app.serve(session, limits, slot, &shutdown).await });
-        None
-    }
-
-    async fn cleanup(&self) {
-        self.inner.http_cleanup().await;
+        tokio::spawn(async move { front.serve(&app, session, limits, slot, &shutdown).await });
     }
 }
 
@@ -111,10 +104,11 @@ struct AcceptLimits {
     max_header_bytes: usize,
 }
 
-impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
+impl DownstreamApp {
     /// Serves one accepted connection to its end; its slot is given back when this returns.
-    async fn serve(
+    async fn serve<A: HttpServerApp + Send + Sync + 'static>(
         &self,
+        app: &Arc<A>,
         session: Stream,
         limits: AcceptLimits,
         _slot: ConnectionSlot,
@@ -132,13 +126,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
             .saturating_sub(limits.accepted.elapsed());
         if matches!(session.selected_alpn_proto(), Some(ALPN::H2)) {
             let wrapped = HeaderDeadlineStream::for_h2(session, left);
-            // HTTP/2 hands back no stream for reuse: the connection ends with this call.
-            self.inner.process_new(Box::new(wrapped), shutdown).await;
+            // Pingora's HTTP/2 server (the stream has negotiated h2, so the proxy's
+            // `force_custom` does not apply); it hands back no stream for reuse: the
+            // connection ends with this call.
+            app.process_new(Box::new(wrapped), shutdown).await;
             return;
         }
         let wrapped = HeaderDeadlineStream::new(session, limits.max_header_bytes);
         wrapped.arm(left);
-        self.serve_http1(Box::new(wrapped), shutdown).await;
+        self.serve_http1(app, Box::new(wrapped), shutdown).await;
     }
 
     /// The TLS handshake on an accepted TCP connection, within the header deadline.
@@ -173,7 +169,12 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
 
     /// Pingora's HTTP/1 keep-alive loop (`ServerApp for HttpServerApp`), reading each head whole
     /// before a session is built (see `crate::header_deadline`).
-    async fn serve_http1(&self, mut stream: Box<HeaderDeadlineStream>, shutdown: &ShutdownWatch) {
+    async fn serve_http1<A: HttpServerApp + Send + Sync + 'static>(
+        &self,
+        app: &Arc<A>,
+        mut stream: Box<HeaderDeadlineStream>,
+        shutdown: &ShutdownWatch,
+    ) {
         let mut persistent: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
@@ -195,15 +196,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> DownstreamApp<A> {
                 let shutting_down = *shutdown.borrow();
                 session.set_keepalive((!shutting_down).then_some(PINGORA_KEEPALIVE_SECS));
                 session.set_keepalive_reuses_remaining(
-                    self.inner
-                        .server_options()
-                        .and_then(|o| o.keepalive_request_limit),
+                    app.server_options().and_then(|o| o.keepalive_request_limit),
                 );
                 first = false;
             } else if let Some(settings) = persistent.take() {
                 settings.apply_to_session(&mut session);
             }
-            let Some(reused) = self.inner.process_new_http(session, shutdown).await else {
+            let Some(reused) = app.process_new_http(session, shutdown).await else {
                 return;
             };
             let (next, settings) = reused.consume();

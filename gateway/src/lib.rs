@@ -38,6 +38,7 @@ pub mod runtime;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upstream;
 
 /// Why the gateway could not start (or a reload could not be applied).
 #[derive(Debug, thiserror::Error)]

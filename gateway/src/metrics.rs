@@ -50,6 +50,8 @@ pub struct Metrics {
     breaker_rejections: IntCounterVec,
     in_flight: IntGaugeVec,
     overload_rejections: IntCounterVec,
+    h2_connections: IntGaugeVec,
+    h2_connections_opened: IntCounterVec,
     pub client_connections: IntGauge,
     pub connections_rejected: IntCounterVec,
     pub auth_failures: IntCounterVec,
@@ -84,6 +86,9 @@ pub struct LeaseMetrics {
     pub breaker_rejections: IntCounter,
     pub in_flight: IntGauge,
     pub overload_rejections: IntCounter,
+    /// HTTP/2 connections to the lease open now, and opened so far.
+    pub h2_connections: IntGauge,
+    pub h2_connections_opened: IntCounter,
 }
 
 impl LeaseMetrics {
@@ -257,6 +262,18 @@ impl Metrics {
                 "Requests refused (503) because the lease had max_in_flight requests too long.",
                 lease,
             ),
+            h2_connections: gauge_vec(
+                &r,
+                "postern_upstream_h2_connections",
+                "HTTP/2 connections to the lease's agent open now.",
+                lease,
+            ),
+            h2_connections_opened: counter_vec(
+                &r,
+                "postern_upstream_h2_connections_opened_total",
+                "HTTP/2 connections to the lease's agent opened.",
+                lease,
+            ),
             client_connections: register(
                 &r,
                 IntGauge::new("postern_client_connections", "Client connections open now.")
@@ -375,6 +392,8 @@ impl Metrics {
                 breaker_rejections: self.breaker_rejections.with_label_values(l),
                 in_flight: self.in_flight.with_label_values(l),
                 overload_rejections: self.overload_rejections.with_label_values(l),
+                h2_connections: self.h2_connections.with_label_values(l),
+                h2_connections_opened: self.h2_connections_opened.with_label_values(l),
             })
         });
         Arc::clone(made)

@@ -51,6 +51,7 @@ use crate::ratelimit::Budgets;
 use crate::respond::{self, REQUEST_ID_FIELD};
 use crate::runtime::Runtime;
 use crate::snapshot::{LeaseRoute, Snapshot};
+use crate::upstream::LeaseConnector;
 use crate::{acl, request, route};
 
 /// Everything known about one request, filled in phase by phase.
@@ -85,6 +86,9 @@ pub struct RequestCtx {
     pub upstream_status: Option<u16>,
     /// Set by the connector when the response head did not come in time.
     pub head_timed_out: Arc<AtomicBool>,
+    /// The request rides the lease's HTTP/2 connection ([`crate::upstream`]), which enforces
+    /// the request body limit itself.
+    pub upstream_h2: bool,
     /// Holds `postern_upgrades_active` up while an upgraded connection is open.
     pub upgraded: Option<UpgradeGuard>,
 }
@@ -110,6 +114,8 @@ enum Admitted {
 /// The gateway's proxy logic.
 pub struct GatewayProxy {
     pub runtime: Arc<Runtime>,
+    /// The leases' HTTP/2 connections (also Pingora's custom upstream connector).
+    pub upstreams: LeaseConnector,
 }
 
 fn request_id(session: &Session) -> String {
@@ -150,6 +156,7 @@ impl ProxyHttp for GatewayProxy {
             head_at: None,
             upstream_status: None,
             head_timed_out: Arc::new(AtomicBool::new(false)),
+            upstream_h2: false,
             upgraded: None,
         }
     }
@@ -216,7 +223,11 @@ impl ProxyHttp for GatewayProxy {
         // by the request body limit (Pingora passes them through this filter too).
         if !session.was_upgraded() {
             ctx.body_bytes += chunk.len() as u64;
-            if ctx.body_bytes > ctx.snapshot.config.limits.max_request_body_bytes {
+            // On HTTP/2 the stream to the lease refuses the chunk itself and resets, so that
+            // the lease never waits for the rest (an error here would never reach it).
+            if !ctx.upstream_h2
+                && ctx.body_bytes > ctx.snapshot.config.limits.max_request_body_bytes
+            {
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -236,7 +247,18 @@ impl ProxyHttp for GatewayProxy {
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no lease routed"))?;
         ctx.upstream_started = Some(Instant::now());
-        // A numeric placeholder address (HttpPeer::new resolves and unwraps); the lease goes
+        let protocol = ctx.snapshot.config.upstream.protocol;
+        if !session.is_upgrade_req() && self.upstreams.serves_h2(&lease, protocol) {
+            ctx.upstream_h2 = true;
+            let mut peer = LeaseConnector::peer(&lease);
+            // Should the lease's session turn out to speak HTTP/1 only, the first request
+            // rides an inner stream of its own, which Pingora must close, not pool.
+            peer.options.idle_timeout = Some(Duration::ZERO);
+            peer.options.read_timeout = Some(lease.idle_timeout);
+            peer.options.write_timeout = Some(lease.idle_timeout);
+            return Ok(Box::new(peer));
+        }
+        // HTTP/1 on an inner stream of its own. A numeric placeholder address (HttpPeer::new resolves and unwraps); the lease goes
         // into the pool key so that two leases can never share an upstream connection.
         let mut peer = HttpPeer::new(
             std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
@@ -348,9 +370,11 @@ impl ProxyHttp for GatewayProxy {
         e: &Error,
         ctx: &mut Self::CTX,
     ) -> FailToProxy {
-        let head_timed_out = ctx.head_timed_out.load(Ordering::Acquire);
+        let head_timed_out = ctx.head_timed_out.load(Ordering::Acquire) || head_clock_ran_out(e);
+        let too_large = ctx.body_bytes > ctx.snapshot.config.limits.max_request_body_bytes;
         let (problem, outcome) = match e.etype() {
             ErrorType::HTTPStatus(413) => (Problem::PayloadTooLarge, Outcome::TooLarge),
+            _ if too_large => (Problem::PayloadTooLarge, Outcome::TooLarge),
             _ if head_timed_out => (Problem::GatewayTimeout, Outcome::UpstreamTimeout),
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
                 (Problem::GatewayTimeout, Outcome::UpstreamTimeout)
@@ -606,6 +630,14 @@ impl GatewayProxy {
         }
         Err(Refusal::new(e.problem(), outcome))
     }
+}
+
+/// Whether `e` comes from an HTTP/1 inner stream's head clock (its `TimedOut` read, see
+/// [`crate::connector`]), whichever request's flag it set.
+fn head_clock_ran_out(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// How long an early refusal keeps reading the rest of a request body.

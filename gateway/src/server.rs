@@ -16,10 +16,11 @@ use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, Listeners};
-use pingora::proxy::HttpProxy;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::proxy::{HttpProxy, ProcessCustomSession, ProxyServiceBuilder};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Fds, ListenFds};
+use pingora::services::listening::Service;
 use pingora::services::Service as _;
 use tokio::sync::watch;
 
@@ -27,7 +28,11 @@ use crate::downstream::DownstreamApp;
 use crate::proxy::GatewayProxy;
 use crate::runtime::Runtime;
 use crate::tls::CertResolver;
+use crate::upstream::LeaseConnector;
 use crate::GatewayError;
+
+/// The gateway's HTTP proxy: Pingora's, with the lease connector as its custom upstream.
+type Proxy = HttpProxy<GatewayProxy, LeaseConnector>;
 
 /// TLS settings whose certificate comes from `resolver` on every handshake.
 fn tls_settings(resolver: Arc<CertResolver>) -> Result<TlsSettings, GatewayError> {
@@ -75,11 +80,48 @@ pub fn shutdown_on_stop_signal() -> watch::Receiver<bool> {
     rx
 }
 
+/// How the proxy serves a client connection. `force_custom` (`#[doc(hidden)]`, pinned with
+/// Pingora's version) hands every accepted connection that has not negotiated HTTP/2 to the
+/// proxy's custom-session hook, [`accept_with`]: that is how [`DownstreamApp`] gets to run
+/// in front of Pingora's HTTP handling (caps, TLS under the header deadline, the keep-alive
+/// loop) while the proxy itself — which only Pingora's service builder can make with a custom
+/// upstream connector — stays Pingora's. A connection that has negotiated HTTP/2 (which only
+/// `DownstreamApp` ever hands back) goes to Pingora's HTTP/2 server as before.
+fn server_options(limits: &postern_config::GatewayLimits) -> HttpServerOptions {
+    let mut options = HttpServerOptions::default();
+    options.force_custom = true;
+    // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
+    // idle HTTP/1.1 connection is.
+    options.h2_idle_timeout = Some(limits.keepalive_timeout);
+    options
+}
+
+/// HTTP/2 heads: the decoded header list is bounded by the same limit as HTTP/1 heads.
+fn h2_options(
+    limits: &postern_config::GatewayLimits,
+) -> pingora::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    h2
+}
+
+/// The custom-session hook: every accepted connection goes to `front` (see [`server_options`]).
+fn accept_with(front: Arc<DownstreamApp>) -> ProcessCustomSession<GatewayProxy, LeaseConnector> {
+    Arc::new(move |proxy, stream, shutdown| {
+        let front = Arc::clone(&front);
+        let shutdown = shutdown.clone();
+        Box::pin(async move {
+            front.accept(proxy, stream, &shutdown);
+            None
+        })
+    })
+}
+
 /// The gateway's listeners, bound and ready: [`Gateway::bind`] does everything that can fail
 /// (certificates, sockets), [`Gateway::serve`] runs them.
 pub struct Gateway {
     runtime: Arc<Runtime>,
-    services: Vec<pingora::services::listening::Service<DownstreamApp<HttpProxy<GatewayProxy>>>>,
+    services: Vec<Service<Proxy>>,
     fds: ListenFds,
     http: Option<SocketAddr>,
     https: Option<SocketAddr>,
@@ -103,22 +145,7 @@ impl Gateway {
         let listen = snapshot.config.listen.clone();
         let conf = Arc::new(ServerConf::default());
         let limits = snapshot.config.limits.clone();
-        let mut proxy = pingora::proxy::http_proxy(
-            &conf,
-            GatewayProxy {
-                runtime: Arc::clone(&runtime),
-            },
-        );
-        // An HTTP/2 connection with no open stream is closed after the keep-alive time, as an
-        // idle HTTP/1.1 connection is.
-        let mut options = HttpServerOptions::default();
-        options.h2_idle_timeout = Some(limits.keepalive_timeout);
-        proxy.server_options = Some(options);
-        // HTTP/2 heads: the decoded header list is bounded by the same limit as HTTP/1 heads.
-        let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
-        h2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        proxy.h2_options = Some(h2);
-        let proxy = Arc::new(proxy);
+        let upstreams = LeaseConnector::new(Arc::clone(&runtime));
         // Pingora puts a 64 KiB zero-filled read buffer in front of every accepted socket by
         // default: that much RSS per idle keep-alive client. rustls and Pingora's HTTP/1
         // parser buffer on their own, so the size comes from config (default: none).
@@ -148,14 +175,21 @@ impl Gateway {
                 .map_err(|source| GatewayError::Listen { addr, source })?;
             bound[i] = Some(local);
             sockets.push((local, socket));
-            let app = DownstreamApp::new(Arc::clone(&proxy), acceptor, Arc::clone(&runtime));
-            let mut listeners = Listeners::new();
-            listeners.add_listener(ListenerConfig::tcp(local.to_string()).l4_buffer(buffers));
-            services.push(pingora::services::listening::Service::with_listeners(
-                name.into(),
-                listeners,
-                app,
-            ));
+            let front = Arc::new(DownstreamApp::new(acceptor, Arc::clone(&runtime)));
+            let proxy = GatewayProxy {
+                runtime: Arc::clone(&runtime),
+                upstreams: upstreams.clone(),
+            };
+            let mut service = ProxyServiceBuilder::new(&conf, proxy)
+                .name(name)
+                .server_options(server_options(&limits))
+                .custom(upstreams.clone(), accept_with(front))
+                .build();
+            if let Some(proxy) = service.app_logic_mut() {
+                proxy.h2_options = Some(h2_options(&limits));
+            }
+            service.add_listener(ListenerConfig::tcp(local.to_string()).l4_buffer(buffers));
+            services.push(service);
         }
         let [http, https] = bound;
         let metrics_config = &snapshot.config.metrics;

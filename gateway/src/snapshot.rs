@@ -86,7 +86,7 @@ impl Snapshot {
             let owner = postern_sdk::identity::parse_verifying_key(&lease.owner_identity)
                 .map_err(|e| GatewayError::Config(format!("lease[{i}].owner_identity: {e}")))?;
             let mut target = LeaseTarget::new(name.clone(), owner);
-            target.alpn = lease.alpn.clone();
+            target.alpn = offered_alpn(&lease.alpn, config.upstream.protocol);
             // The config checks names as written; two spellings of one name (NFC and NFD)
             // are the same lease and would silently shadow each other here.
             if targets.insert(name, (lease, target)).is_some() {
@@ -140,5 +140,21 @@ impl Snapshot {
     /// The series a request for `lease` is counted in.
     pub fn metrics_for<'a>(&'a self, lease: Option<&'a LeaseRoute>) -> &'a Arc<LeaseMetrics> {
         lease.map_or(&self.other_metrics, |l| &l.metrics)
+    }
+}
+
+/// What the gateway offers in a lease's E2EE handshake: the lease's own `alpn`, else both
+/// HTTP versions (HTTP/1.1 only with `[upstream] protocol = "http1"`), see
+/// [`crate::upstream`].
+fn offered_alpn(configured: &[String], protocol: postern_config::UpstreamProtocol) -> Vec<String> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    match protocol {
+        postern_config::UpstreamProtocol::Auto => crate::upstream::OFFERED_ALPN
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+        postern_config::UpstreamProtocol::Http1 => vec!["http/1.1".to_owned()],
     }
 }

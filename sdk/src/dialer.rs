@@ -95,6 +95,8 @@ pub enum DialError {
 
 struct LeaseSession {
     mux: MuxHandle,
+    /// The protocol the handshake agreed on for this session's streams.
+    alpn: Option<Arc<str>>,
     last_used: StdMutex<Instant>,
 }
 
@@ -138,6 +140,15 @@ impl Dialer {
 
     /// Opens a new stream to `target`'s service, end-to-end encrypted.
     pub async fn dial(&self, target: &LeaseTarget) -> Result<MuxStream, DialError> {
+        self.dial_negotiated(target).await.map(|(stream, _)| stream)
+    }
+
+    /// Like [`Dialer::dial`], with the protocol that the lease session's handshake agreed on
+    /// (from `target.alpn`; `None` when neither side named one).
+    pub async fn dial_negotiated(
+        &self,
+        target: &LeaseTarget,
+    ) -> Result<(MuxStream, Option<Arc<str>>), DialError> {
         let name = lease_name::normalize(&target.lease)?;
         let slot = self.slot(&name)?;
         // Fast path: a live session; the lock is held only to clone its handle.
@@ -146,7 +157,7 @@ impl Dialer {
             match s.mux.open().await {
                 Ok(stream) => {
                     touch(&s);
-                    return Ok(stream);
+                    return Ok((stream, s.alpn.clone()));
                 }
                 Err(e @ MuxError::TooManyStreams(_)) => return Err(e.into()),
                 Err(_) => {} // the session died under us: establish a new one
@@ -159,14 +170,14 @@ impl Dialer {
             drop(guard);
             let stream = s.mux.open().await?;
             touch(&s);
-            return Ok(stream);
+            return Ok((stream, s.alpn.clone()));
         }
         let session = Arc::new(self.establish(&name, target).await?);
         *guard = Some(Arc::clone(&session));
         drop(guard);
         let stream = session.mux.open().await?;
         touch(&session);
-        Ok(stream)
+        Ok((stream, session.alpn.clone()))
     }
 
     /// Whether a relay is reachable (connecting to one if there is no live session).
@@ -243,7 +254,7 @@ impl Dialer {
         let (stream, static_key) = relay
             .connect_lease(name, &alpn, &target.owner_identity)
             .await?;
-        let (secure, _info) = e2ee::initiate(
+        let (secure, info) = e2ee::initiate(
             stream,
             cfg.identity.e2ee_keypair(),
             &static_key,
@@ -268,6 +279,7 @@ impl Dialer {
         tracing::debug!(lease = %name, "e2ee session established");
         Ok(LeaseSession {
             mux,
+            alpn: info.alpn.map(Arc::from),
             last_used: StdMutex::new(Instant::now()),
         })
     }

@@ -170,28 +170,48 @@ impl ResponderPolicy {
             replay: ReplayCache::new(100_000),
         }
     }
-
-    fn choose_alpn(&self, offered: &[String]) -> Result<Option<String>, E2eeError> {
-        if offered.is_empty() {
-            return Ok(self.alpn.first().cloned());
-        }
-        if self.alpn.is_empty() {
-            return Ok(offered.first().cloned());
-        }
-        offered
-            .iter()
-            .find(|a| self.alpn.contains(a))
-            .cloned()
-            .map(Some)
-            .ok_or(E2eeError::NoAlpn)
-    }
 }
 
-/// Runs the responder side for `lease`.
+/// The protocol a responder serving `served` (its preference order) picks from what the
+/// initiator `offered`. The responder's preference decides, as a TLS server that sets its own
+/// preference does: an initiator lists everything it can speak, and the side that knows the
+/// service picks. A responder that states nothing takes the initiator's first choice.
+fn choose_alpn(served: &[String], offered: &[String]) -> Result<Option<String>, E2eeError> {
+    if offered.is_empty() {
+        return Ok(served.first().cloned());
+    }
+    if served.is_empty() {
+        return Ok(offered.first().cloned());
+    }
+    served
+        .iter()
+        .find(|a| offered.contains(a))
+        .cloned()
+        .map(Some)
+        .ok_or(E2eeError::NoAlpn)
+}
+
+/// Runs the responder side for `lease`, serving the policy's ALPN protocols.
 pub async fn respond<T>(
+    io: T,
+    local: &StaticKeypair,
+    lease: &str,
+    policy: &ResponderPolicy,
+    timeout: Duration,
+) -> Result<(SecureStream<T>, SessionInfo), E2eeError>
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    respond_serving(io, local, lease, &policy.alpn, policy, timeout).await
+}
+
+/// Runs the responder side for `lease`, which serves the ALPN protocols `served` (in
+/// preference order; empty: whatever the initiator asks first).
+pub async fn respond_serving<T>(
     mut io: T,
     local: &StaticKeypair,
     lease: &str,
+    served: &[String],
     policy: &ResponderPolicy,
     timeout: Duration,
 ) -> Result<(SecureStream<T>, SessionInfo), E2eeError>
@@ -213,7 +233,7 @@ where
     if !policy.replay.insert_fresh(hello.ephemeral_key) {
         return Err(E2eeError::Replay);
     }
-    let alpn = policy.choose_alpn(&payload.alpn)?;
+    let alpn = choose_alpn(served, &payload.alpn)?;
     let answer = HandshakePayload {
         timestamp_unix_ms: unix_millis(),
         alpn: alpn.iter().cloned().collect(),
@@ -321,6 +341,28 @@ mod tests {
         assert_eq!(i.handshake_hash, r.handshake_hash);
         assert_eq!(i.alpn.as_deref(), Some("h2"));
         assert_eq!(policy.replay.len(), 1);
+    }
+
+    #[test]
+    fn the_responders_preference_decides() {
+        let v = |s: &[&str]| s.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+        let gateway = v(&["http/1.1", "h2"]);
+        let pick = |served: &[&str]| choose_alpn(&v(served), &gateway).unwrap();
+        assert_eq!(pick(&["h2", "http/1.1"]).as_deref(), Some("h2"));
+        assert_eq!(pick(&["http/1.1"]).as_deref(), Some("http/1.1"));
+        assert_eq!(
+            pick(&[]).as_deref(),
+            Some("http/1.1"),
+            "no preference: the offer's first"
+        );
+        assert!(matches!(
+            choose_alpn(&v(&["grpc"]), &gateway),
+            Err(E2eeError::NoAlpn)
+        ));
+        assert_eq!(
+            choose_alpn(&v(&["h2"]), &[]).unwrap().as_deref(),
+            Some("h2")
+        );
     }
 
     #[tokio::test]

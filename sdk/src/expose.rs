@@ -205,6 +205,10 @@ async fn forward_tcp(mut stream: PosternStream, addr: String, connect_timeout: D
     let _ = tokio::io::copy_bidirectional(&mut stream, &mut origin).await;
 }
 
+/// The protocols an HTTP target is served with inside the tunnel, in preference order: every
+/// stream is told apart by its first bytes ([`serve_http`]), so the agent speaks both.
+pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
+
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

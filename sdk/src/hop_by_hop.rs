@@ -3,7 +3,7 @@
 //! gateway (caller → tunnel) and the agent in `expose` (tunnel → local service); both use this.
 //!
 //! Removed: every field named in `Connection`, and `Connection`, `Keep-Alive`,
-//! `Proxy-Connection`, `TE`, `Trailer`, `Upgrade`. Kept on purpose: `Transfer-Encoding`, which
+//! `Proxy-Connection`, `TE` (except `TE: trailers`, below), `Trailer`, `Upgrade`. Kept on purpose: `Transfer-Encoding`, which
 //! Pingora consumes and regenerates itself for each hop's framing, and — for a protocol
 //! upgrade (WebSocket) — `Connection: upgrade` with `Upgrade`, which is the request to
 //! upgrade the next hop as well.
@@ -39,7 +39,16 @@ pub fn fields(headers: &HeaderMap, upgrading: bool) -> Vec<HeaderName> {
         }
         add(HeaderName::from_static(name));
     }
-    add(TE);
+    // `TE: trailers` alone is end to end in practice: it says the client takes trailers
+    // (gRPC needs it, and HTTP/2 allows no other TE value); origins send trailers only when
+    // asked for them this way.
+    let te_trailers_only = headers.get_all(TE).iter().count() == 1
+        && headers
+            .get(TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers_only {
+        add(TE);
+    }
     add(TRAILER);
     if !upgrading {
         add(UPGRADE);

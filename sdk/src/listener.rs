@@ -31,6 +31,11 @@ pub type PosternStream = MuxStream;
 #[derive(Debug, Clone)]
 pub struct LeaseSpec {
     pub name: String,
+    /// The protocols the service on this lease speaks inside the tunnel, in preference order;
+    /// the E2EE handshake picks from what the dialer offers by this order. Empty: whatever the
+    /// dialer asks first (the gateway asks `http/1.1` first, then `h2`). A service that serves
+    /// HTTP/2 as well (hyper-util's `auto` builder, the `expose` agent) lists `h2` first, and
+    /// the gateway then carries all its requests on one HTTP/2 connection.
     pub alpn: Vec<String>,
     pub metadata: BTreeMap<String, String>,
     pub ttl: Duration,
@@ -433,10 +438,11 @@ async fn serve_dialer(shared: &Shared, mut stream: MuxStream) -> Result<(), Dial
             incoming.lease
         )));
     };
-    let (secure, info) = e2ee::respond(
+    let (secure, info) = e2ee::respond_serving(
         stream,
         cfg.identity.e2ee_keypair(),
         &lease.name,
+        &lease.alpn,
         &shared.policy,
         cfg.handshake_timeout,
     )

@@ -143,9 +143,25 @@ impl TestNet {
         Dialer::new(DialerConfig::new(self.relay_url(), me, grants))
     }
 
-    /// `postern expose` for `lease` in front of `origin`; returns the owner identity.
+    /// `postern expose` for `lease` in front of `origin`, serving HTTP/2 and HTTP/1.1 inside
+    /// the tunnel as the CLI's does; returns the owner identity.
     pub async fn expose(&self, lease: &str, origin: SocketAddr) -> Identity {
-        let (owner, listener) = self.listen(lease).await;
+        let alpn = expose::HTTP_ALPN.iter().map(|a| a.to_string()).collect();
+        self.expose_serving(lease, origin, alpn).await
+    }
+
+    /// `postern expose` for `lease` in front of `origin`, stating `alpn` as what it serves
+    /// inside the tunnel (`vec!["http/1.1".into()]`: the gateway speaks HTTP/1 to it).
+    pub async fn expose_serving(
+        &self,
+        lease: &str,
+        origin: SocketAddr,
+        alpn: Vec<String>,
+    ) -> Identity {
+        let owner = Identity::generate();
+        let mut cfg = self.listener_config(&owner, lease);
+        cfg.leases[0].alpn = alpn;
+        let listener = Listener::bind(cfg).await.expect("lease registers");
         let target = Target::parse(&format!("http://{origin}"), false).unwrap();
         tokio::spawn(expose::serve(listener, target, ExposeOptions::default()));
         owner
