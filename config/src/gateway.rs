@@ -969,6 +969,26 @@ mod tests {
                 "limits.max_connections".into(),
             ),
             (
+                "[upstream]\nmax_streams_per_connection = 0",
+                "upstream.max_streams_per_connection".into(),
+            ),
+            (
+                "[upstream]\nmax_connections_per_lease = 65",
+                "upstream.max_connections_per_lease".into(),
+            ),
+            (
+                "[upstream]\nstream_window_bytes = 1024",
+                "upstream.stream_window_bytes".into(),
+            ),
+            (
+                "[upstream]\nstream_window_bytes = 4194304\nconnection_window_bytes = 2097152",
+                "upstream.connection_window_bytes".into(),
+            ),
+            (
+                "[upstream]\nidle_timeout = \"0s\"",
+                "upstream.idle_timeout".into(),
+            ),
+            (
                 "[[listen.tls]]\ncert = \"\"\nkey = \"k\"",
                 "listen.tls[0].cert".into(),
             ),

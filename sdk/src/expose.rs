@@ -209,6 +209,15 @@ async fn forward_tcp(mut stream: PosternStream, addr: String, connect_timeout: D
 /// stream is told apart by its first bytes ([`serve_http`]), so the agent speaks both.
 pub const HTTP_ALPN: [&str; 2] = ["h2", "http/1.1"];
 
+/// Requests at once on the gateway's HTTP/2 connection (the gateway opens another connection
+/// past what it is told here, or past its own `[upstream] max_streams_per_connection`).
+const H2_MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Receive windows for request bodies, bytes: one stream's, and the connection's.
+const H2_STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// The largest HTTP/2 frame the agent accepts (the gateway asks for the same).
+const H2_MAX_FRAME: u32 = 64 * 1024;
+
 /// The connection preface every HTTP/2 client sends first (RFC 9113 §3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -246,9 +255,17 @@ async fn serve_http(fwd: Arc<HttpForwarder>, mut stream: PosternStream) {
         })
     };
     let result = if h2 {
+        // The gateway's connection for all of a lease's requests: its windows bound what
+        // request bodies may have in flight towards the origin (per stream, and all together,
+        // larger so that one slow upload does not stall the others), and large frames keep
+        // the record layer's per-record cost low.
         hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(fwd.opts.max_header_bytes as u32)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_frame_size(H2_MAX_FRAME)
             .serve_connection(io, service)
             .await
     } else {
