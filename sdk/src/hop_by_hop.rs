@@ -93,7 +93,7 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
-            ("te", "trailers"),
+            ("te", "gzip"),
             ("upgrade", "h2c"),
             ("transfer-encoding", "chunked"),
             ("x-kept", "1"),
@@ -109,6 +109,19 @@ mod tests {
                 "x-secret"
             ]
         );
+    }
+
+    #[test]
+    fn te_trailers_alone_stays_any_other_te_goes() {
+        let only = map(&[("te", "trailers")]);
+        assert!(fields(&only, false).is_empty());
+        let other = map(&[("te", "trailers, deflate")]);
+        assert_eq!(names(fields(&other, false)), ["te"]);
+        let twice = map(&[("te", "trailers"), ("te", "gzip")]);
+        assert_eq!(names(fields(&twice, false)), ["te"]);
+        // Named in `Connection`, it is hop-by-hop whatever its value.
+        let nominated = map(&[("connection", "te"), ("te", "trailers")]);
+        assert_eq!(names(fields(&nominated, false)), ["connection", "te"]);
     }
 
     #[test]
