@@ -31,6 +31,9 @@ use postern_sdk::{ClientOptions, LeaseSpec, Listener, ListenerConfig, ListenerSt
     about = "Expose services behind NAT through an end-to-end-encrypted relay"
 )]
 struct Cli {
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, global = true, env = "POSTERN_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -136,15 +139,23 @@ struct ExposeArgs {
     alpn: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.worker_threads.filter(|&n| n > 0) {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POSTERN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Up(opts) => Ok(up::run(opts).await?),
         Command::Expose(args) => expose_cmd(args).await,
         Command::Agent { config } => agent_cmd(&config).await,

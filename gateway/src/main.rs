@@ -32,6 +32,10 @@ struct Args {
     /// Log lines as JSON (one object per line) or as text for a terminal.
     #[arg(long, value_enum, default_value = "json", global = true)]
     log_format: LogFormat,
+    /// Tokio worker threads (default: one per core). On a box the gateway shares with the
+    /// relay and agents, fewer threads mean fewer cross-thread wakeups per request.
+    #[arg(long, env = "POSTERN_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -119,10 +123,11 @@ fn main() -> ExitCode {
         eprintln!("postern-gateway: --config FILE is required (or: check-config FILE)");
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads.filter(|&n| n > 0) {
+        builder.worker_threads(n);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("postern-gateway: {e}");

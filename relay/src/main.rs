@@ -39,6 +39,9 @@ struct Args {
     /// Data directory for `--dev`.
     #[arg(long, default_value = "postern-data")]
     data_dir: PathBuf,
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, env = "POSTERN_WORKER_THREADS")]
+    worker_threads: Option<usize>,
     /// Listen address for `--dev`.
     #[arg(long, default_value = "127.0.0.1:7000")]
     listen: std::net::SocketAddr,
@@ -74,9 +77,16 @@ fn check_config(file: &Path) -> ExitCode {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads.filter(|&n| n > 0) {
+        builder.worker_threads(n);
+    }
+    builder.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(Command::CheckConfig { file }) = &args.command {
         return Ok(check_config(file));
     }
