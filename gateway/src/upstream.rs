@@ -76,6 +76,9 @@ pub const PEER_ALPN: &[u8] = b"postern-lease";
 /// speaks; an agent that serves both picks `h2` (the responder's preference decides).
 pub const OFFERED_ALPN: [&str; 2] = ["http/1.1", "h2"];
 
+/// The config's bound on `[upstream] max_connections_per_lease`.
+const MAX_CONNECTIONS_PER_LEASE: usize = 64;
+
 /// Pingora's custom upstream connector: the per-lease HTTP/2 pools. Cheap to clone.
 #[derive(Clone)]
 pub struct LeaseConnector {
@@ -161,11 +164,7 @@ impl LeaseConnector {
 
     /// Open HTTP/2 connections to `lease` (for tests and metrics).
     pub fn connections(&self, lease: &str) -> usize {
-        self.inner
-            .leases
-            .lock()
-            .get(lease)
-            .map_or(0, |p| p.live().len())
+        self.inner.leases.lock().get(lease).map_or(0, |p| p.live())
     }
 
     fn pool(&self, lease: &LeaseRoute) -> Arc<LeasePool> {
@@ -211,7 +210,7 @@ impl LeaseConnector {
                 let session = LeaseStream::new(stream, conn, &pool, lease, &snap.config);
                 return Ok((Connection::Session(session), true));
             }
-            if pool.live().len() < settings.max_connections_per_lease {
+            if pool.live() < settings.max_connections_per_lease {
                 let opening = tokio::time::timeout_at(deadline, pool.opening.lock())
                     .await
                     .map_err(|_| timed_out())?;
@@ -220,7 +219,7 @@ impl LeaseConnector {
                     let session = LeaseStream::new(stream, conn, &pool, lease, &snap.config);
                     return Ok((Connection::Session(session), true));
                 }
-                if pool.live().len() < settings.max_connections_per_lease {
+                if pool.live() < settings.max_connections_per_lease {
                     let opened = tokio::time::timeout_at(deadline, self.open(lease, &pool))
                         .await
                         .map_err(|_| timed_out())??;
@@ -291,19 +290,26 @@ enum Opened {
 }
 
 impl LeasePool {
-    /// The connections that are neither closed nor shutting down (the others are dropped).
-    fn live(&self) -> Vec<Arc<PooledConn>> {
+    /// How many connections are neither closed nor shutting down (the others are dropped).
+    fn live(&self) -> usize {
         let mut conns = self.conns.lock();
         conns.retain(|c| !c.conn.is_closed() && !c.conn.is_shutting_down());
-        conns.clone()
+        conns.len()
     }
 
-    /// A new stream on an open connection with room for one.
+    /// A new stream on an open connection with room for one (the first such connection, so
+    /// that the others drain and close when idle).
     async fn free_stream(&self) -> Option<(Http2Session, Arc<PooledConn>)> {
-        for pooled in self.live() {
-            if !pooled.conn.more_streams_allowed() {
-                continue;
-            }
+        // Each failed try retires a connection or loses a race for its last stream: bounded.
+        for _ in 0..2 * MAX_CONNECTIONS_PER_LEASE {
+            let pooled = {
+                let mut conns = self.conns.lock();
+                conns.retain(|c| !c.conn.is_closed() && !c.conn.is_shutting_down());
+                conns
+                    .iter()
+                    .find(|c| c.conn.more_streams_allowed())
+                    .cloned()
+            }?;
             match pooled.conn.spawn_stream().await {
                 Ok(Some(stream)) => return Some((stream, pooled)),
                 Ok(None) => continue,
