@@ -103,7 +103,8 @@ struct MintArgs {
 
 #[derive(Debug, Args)]
 struct ExposeArgs {
-    /// Local service: http://host:port or tcp://host:port.
+    /// Local service: http://host:port (HTTP/1.1), h2c://host:port (HTTP/2 without TLS, e.g.
+    /// gRPC) or tcp://host:port.
     target: String,
     /// Lease name to hold.
     #[arg(long)]

@@ -47,7 +47,8 @@ pub struct AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct LeaseConfig {
     pub name: String,
-    /// `http://host:port` or `tcp://host:port` on the agent's side.
+    /// `http://host:port`, `h2c://host:port` (an origin speaking HTTP/2 without TLS) or
+    /// `tcp://host:port` on the agent's side.
     pub target: String,
     /// Keep the caller's `Host` header instead of rewriting it to the target.
     #[serde(default)]
@@ -163,14 +164,14 @@ impl LeaseConfig {
             &field("name"),
             "must not contain whitespace, control characters or '/'",
         )?;
-        let rest = ["http://", "tcp://"]
+        let rest = ["http://", "h2c://", "tcp://"]
             .iter()
             .find_map(|s| self.target.strip_prefix(s));
         let target_ok = rest.is_some_and(|r| !r.is_empty());
         ensure(
             target_ok,
             &field("target"),
-            "must be http://host:port or tcp://host:port",
+            "must be http://host:port, h2c://host:port or tcp://host:port",
         )?;
         for (i, proto) in self.alpn.iter().enumerate() {
             let ok = !proto.is_empty() && proto.len() <= MAX_ALPN_BYTES;

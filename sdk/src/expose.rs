@@ -1,8 +1,9 @@
 //! `postern expose`: forward each decrypted stream of a [`Listener`] to a local service.
 //!
 //! * `http://host:port` — every stream is served as HTTP/1.1 or HTTP/2 (whatever the dialer
-//!   speaks) and each request is forwarded with a pooled hyper client over TCP_NODELAY
-//!   sockets. `Host` is rewritten to the local target by default (local dev servers often
+//!   speaks) and each request is forwarded with a pooled hyper keep-alive client over
+//!   TCP_NODELAY sockets; `h2c://host:port` forwards over HTTP/2 without TLS instead (gRPC
+//!   servers, with their trailers). `Host` is rewritten to the local target by default (local dev servers often
 //!   reject foreign hosts). Bodies stream both ways without buffering; `Upgrade` requests
 //!   (WebSocket) are spliced after the `101`.
 //! * `tcp://host:port` — bytes are copied both ways, nothing is interpreted.
@@ -31,15 +32,20 @@ use crate::listener::{Listener, PosternStream};
 /// What `expose` forwards to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// An HTTP origin, `host:port`.
-    Http { authority: String, keep_host: bool },
+    /// An HTTP origin, `host:port`; `h2`: it speaks HTTP/2 without TLS (h2c, e.g. a gRPC
+    /// server), else HTTP/1.1.
+    Http {
+        authority: String,
+        keep_host: bool,
+        h2: bool,
+    },
     /// A raw TCP service, `host:port`.
     Tcp { addr: String },
 }
 
 /// A target URL that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("target {0:?}: expected http://host:port or tcp://host:port")]
+#[error("target {0:?}: expected http://host:port, h2c://host:port or tcp://host:port")]
 pub struct TargetError(String);
 
 impl Target {
@@ -54,9 +60,10 @@ impl Target {
             .parse::<http::uri::Authority>()
             .map_err(|_| bad())?;
         match scheme {
-            "http" => Ok(Self::Http {
+            "http" | "h2c" => Ok(Self::Http {
                 authority: authority.to_owned(),
                 keep_host,
+                h2: scheme == "h2c",
             }),
             "tcp" => Ok(Self::Tcp {
                 addr: authority.to_owned(),
@@ -69,6 +76,11 @@ impl Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Self::Http {
+                authority,
+                h2: true,
+                ..
+            } => write!(f, "h2c://{authority}"),
             Self::Http { authority, .. } => write!(f, "http://{authority}"),
             Self::Tcp { addr } => write!(f, "tcp://{addr}"),
         }
@@ -114,6 +126,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 struct HttpForwarder {
     client: Client<HttpConnector, Incoming>,
+    /// The origin speaks HTTP/2 (h2c).
+    h2: bool,
     authority: String,
     host: HeaderValue,
     keep_host: bool,
@@ -126,21 +140,26 @@ enum Route {
     Tcp(String),
 }
 
+/// The pooled clients to origins: HTTP/1.1 keep-alive, and HTTP/2 for `h2c://` targets.
+struct Clients {
+    http1: Client<HttpConnector, Incoming>,
+    h2: Client<HttpConnector, Incoming>,
+}
+
 impl Route {
-    fn new(
-        target: &Target,
-        client: &Client<HttpConnector, Incoming>,
-        opts: &ExposeOptions,
-    ) -> std::io::Result<Self> {
+    fn new(target: &Target, clients: &Clients, opts: &ExposeOptions) -> std::io::Result<Self> {
         Ok(match target {
             Target::Http {
                 authority,
                 keep_host,
+                h2,
             } => {
+                let client = if *h2 { &clients.h2 } else { &clients.http1 };
                 let host = HeaderValue::from_str(authority)
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 Route::Http(Arc::new(HttpForwarder {
                     client: client.clone(),
+                    h2: *h2,
                     authority: authority.clone(),
                     host,
                     keep_host: *keep_host,
@@ -168,17 +187,24 @@ pub async fn serve_leases(
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(opts.connect_timeout));
-    let client = Client::builder(TokioExecutor::new())
+    let http1 = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
         .pool_timer(TokioTimer::new())
+        .build(connector.clone());
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
         .build(connector);
+    let clients = Clients { http1, h2 };
     let routes = targets
         .iter()
-        .map(|(lease, t)| Ok((lease.clone(), Route::new(t, &client, &opts)?)))
+        .map(|(lease, t)| Ok((lease.clone(), Route::new(t, &clients, &opts)?)))
         .collect::<std::io::Result<HashMap<_, _>>>()?;
     let default = default
-        .map(|t| Route::new(&t, &client, &opts))
+        .map(|t| Route::new(&t, &clients, &opts))
         .transpose()?;
     loop {
         let (stream, peer) = listener.accept().await?;
@@ -383,7 +409,11 @@ async fn forward(fwd: &HttpForwarder, mut req: Request<Incoming>) -> Response<Bo
         .authority()
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
     *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
+    *req.version_mut() = if fwd.h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     if !fwd.keep_host {
         req.headers_mut().insert(header::HOST, fwd.host.clone());
     } else if !req.headers().contains_key(header::HOST) {
@@ -467,9 +497,20 @@ mod tests {
             Target::parse("http://127.0.0.1:3000", false).unwrap(),
             Target::Http {
                 authority: "127.0.0.1:3000".into(),
-                keep_host: false
+                keep_host: false,
+                h2: false,
             }
         );
+        let grpc = Target::parse("h2c://127.0.0.1:50051", true).unwrap();
+        assert_eq!(
+            grpc,
+            Target::Http {
+                authority: "127.0.0.1:50051".into(),
+                keep_host: true,
+                h2: true,
+            }
+        );
+        assert_eq!(grpc.to_string(), "h2c://127.0.0.1:50051");
         assert_eq!(
             Target::parse("tcp://localhost:22/", false).unwrap(),
             Target::Tcp {
