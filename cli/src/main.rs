@@ -31,7 +31,9 @@ use postern_sdk::{ClientOptions, LeaseSpec, Listener, ListenerConfig, ListenerSt
     about = "Expose services behind NAT through an end-to-end-encrypted relay"
 )]
 struct Cli {
-    /// Tokio worker threads (default: one per core).
+    /// Tokio worker threads. Default: 1 for `expose` and `agent` (a lease's requests arrive
+    /// on one E2EE session from each gateway and pass its one session task: more threads add
+    /// cross-thread wakeups, not throughput), one per core for `up`.
     #[arg(long, global = true, env = "POSTERN_WORKER_THREADS")]
     worker_threads: Option<usize>,
     #[command(subcommand)]
@@ -140,10 +142,15 @@ struct ExposeArgs {
     alpn: Vec<String>,
 }
 
+/// The agent's default worker count (see `--worker-threads`).
+const AGENT_WORKER_THREADS: usize = 1;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = cli.worker_threads.filter(|&n| n > 0) {
+    let agent = matches!(cli.command, Command::Expose(_) | Command::Agent { .. });
+    let workers = cli.worker_threads.filter(|&n| n > 0);
+    if let Some(n) = workers.or(agent.then_some(AGENT_WORKER_THREADS)) {
         builder.worker_threads(n);
     }
     builder.enable_all().build()?.block_on(run(cli))
