@@ -24,6 +24,7 @@ async fn many_requests_over_many_client_connections_ride_one_h2_connection() {
         let (key, mut c) = (gw.api_key.clone(), gw.h1().await);
         tasks.push(tokio::spawn(async move {
             for _ in 0..25 {
+                c.ready().await.unwrap();
                 let resp = c
                     .send_request(authed(Method::GET, "/peer/web/hello", &key, empty()))
                     .await
@@ -37,7 +38,11 @@ async fn many_requests_over_many_client_connections_ride_one_h2_connection() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(h2_opened(&gw, "web"), 1.0, "one HTTP/2 connection for 200 requests");
+    assert_eq!(
+        h2_opened(&gw, "web"),
+        1.0,
+        "one HTTP/2 connection for 200 requests"
+    );
     assert_eq!(gw.runtime.dialer.handshakes(), 1, "one E2EE session");
 }
 
@@ -51,6 +56,7 @@ async fn a_lease_that_serves_http1_only_is_served_over_http1() {
     let gw = TestGateway::start(&net, &[("web", &owner)], "").await;
     let mut c = gw.h1().await;
     for _ in 0..5 {
+        c.ready().await.unwrap();
         let resp = c
             .send_request(authed(Method::GET, "/peer/web/hello", &gw.api_key, empty()))
             .await
