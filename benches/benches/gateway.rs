@@ -35,8 +35,16 @@
 //! `POSTERN_BENCH_DOWNLOAD_BYTES` (default 1 GiB; `64MiB` works), `POSTERN_BENCH_IDLE_CONNS`
 //! (default 1000), `POSTERN_BENCH_INVALID_KEYS` (flood size per window, default 10000), `POSTERN_BIN_DIR`
 //! (where the binaries are, if not next to the bench), `POSTERN_BENCH_ONLY` (comma-separated
-//! sections to run: `base` — everything above the operations comparison —, `ops`, `argon2`;
-//! default all).
+//! sections to run: `base` — everything above the operations comparison —, `peers`, `ops`,
+//! `argon2`; default all).
+//!
+//! The peers (section `peers`): in the same run, nginx with TLS and an API-key check in front of
+//! the origin, rathole's Noise tunnel in front of it, the two chained (nginx → rathole →
+//! origin, the setup a user would build instead of Postern), and Postern, each loaded the same
+//! way (small at 32 and 1 connections, 64 KiB at 32, the download), printed with req/s, p50/p99
+//! and CPU µs per request per process and in all, against issue 11's targets. nginx comes from
+//! Debian's package and rathole 0.5.0 from `bash benches/setup-peers.sh`
+//! (`postern_benches::peers`); without them the section says so and is skipped.
 //!
 //! Everything is on 127.0.0.1; every loop is bounded in count and in time; the child processes
 //! are killed on exit, on panic (a guard's `Drop`) and on Ctrl-C.
@@ -59,6 +67,7 @@ use postern_benches::load::{
     request_each, run_load, size_label, Download, GatewayRoute, Load, LoadSettings, Route, Sender,
     MIB,
 };
+use postern_benches::peers::{nginx_bin, rathole_bin, start_nginx, start_rathole, NginxSpec};
 use postern_benches::procfs::{machine, reset_peak_rss, rss, vm_hwm_bytes, CpuMeter, CpuSnapshot};
 use postern_benches::prom;
 use postern_benches::redis::start_redis;
@@ -1146,6 +1155,235 @@ async fn measure_argon2_ceiling(stack: &Stack<'_>) -> (Vec<Row>, Vec<String>) {
 
 // ---------------------------------------------------------------------------------------------
 
+/// What the peers section runs next to: the bench's directory, origin and Postern route.
+struct PeerStack<'a> {
+    children: &'a Children,
+    dir: &'a Path,
+    origin: SocketAddr,
+    gateway: &'a Arc<GatewayRoute>,
+    postern: &'a Route,
+    postern_meter: &'a CpuMeter,
+}
+
+/// One path's measurements in the peers section.
+struct PathRun {
+    name: &'static str,
+    small32: Load,
+    /// CPU µs per request over every process on the path (the bench's included), and by
+    /// process.
+    small32_cpu: (f64, String),
+    small1: Load,
+    large32: Load,
+    large32_cpu: (f64, String),
+    download: f64,
+}
+
+async fn measure_path(
+    name: &'static str,
+    route: &Route,
+    meter: &CpuMeter,
+    s: &Settings,
+) -> PathRun {
+    eprintln!("… peers: {name}");
+    let (small32, b, a) = measure_load_metered(route, 32, SMALL, &s.load, meter).await;
+    let small32_cpu = (
+        meter.total_per_op_us(&b, &a, small32.requests),
+        meter.per_op_us(&b, &a, small32.requests),
+    );
+    let (small1, _, _) = measure_load_metered(route, 1, SMALL, &s.load, meter).await;
+    let (large32, b, a) = measure_load_metered(route, 32, LARGE, &s.load, meter).await;
+    let large32_cpu = (
+        meter.total_per_op_us(&b, &a, large32.requests),
+        meter.per_op_us(&b, &a, large32.requests),
+    );
+    let download = measure_download(route, &s.load).await.mb_per_s();
+    PathRun {
+        name,
+        small32,
+        small32_cpu,
+        small1,
+        large32,
+        large32_cpu,
+        download,
+    }
+}
+
+/// The peers section (module docs): returns the lines to print.
+async fn measure_peers(stack: &PeerStack<'_>, s: &Settings) -> Vec<String> {
+    let (Some(nginx), Some(rathole)) = (nginx_bin(), rathole_bin()) else {
+        return vec![
+            "peers: skipped — nginx and rathole 0.5.0 are needed; run `bash benches/setup-peers.sh`"
+                .into(),
+        ];
+    };
+    let (children, dir) = (stack.children, stack.dir);
+    let me = std::process::id();
+    let cert = dir.join("gateway.crt");
+    let cert_key = dir.join("gateway.crt.key");
+    let spec = |name, upstream| NginxSpec {
+        name,
+        upstream,
+        cert: &cert,
+        cert_key: &cert_key,
+        api_key: &stack.gateway.api_key,
+        lease: LEASE,
+    };
+    let alone = start_nginx(&nginx, children, dir, &spec("nginx-tls", stack.origin));
+    let tunnel = start_rathole(&rathole, children, dir, stack.origin);
+    let chained = start_nginx(&nginx, children, dir, &spec("nginx-chain", tunnel.service));
+    // The same client as Postern's (TLS 1.3, HTTP/1.1, Bearer key, /peer/<lease>/ paths).
+    let via = |addr| {
+        Route::Gateway(Arc::new(GatewayRoute {
+            addr,
+            tls: stack.gateway.tls.clone(),
+            lease: LEASE.into(),
+            api_key: stack.gateway.api_key.clone(),
+        }))
+    };
+    let nginx_route = via(alone.addr);
+    let chain_route = via(chained.addr);
+    let rathole_route = Route::Direct(tunnel.service);
+    // nginx really checks the key: 200 with it, 401 without.
+    for route in [&nginx_route, &chain_route] {
+        let Route::Gateway(gw) = route else {
+            unreachable!()
+        };
+        let mut c = route.connect().await;
+        let ok = exchange(&mut c, gw.get(SMALL, &gw.api_key)).await.unwrap();
+        let refused = exchange(&mut c, gw.get(SMALL, "wrong")).await.unwrap();
+        assert_eq!(
+            (ok.0, refused.0),
+            (StatusCode::OK, StatusCode::UNAUTHORIZED)
+        );
+    }
+    let mut c = rathole_route.connect().await;
+    request(&rathole_route, &mut c, SMALL).await;
+
+    let meter = |procs: Vec<(&'static str, u32)>| CpuMeter::new(procs);
+    let runs = [
+        measure_path(
+            "nginx-tls",
+            &nginx_route,
+            &meter(vec![("nginx", alone.pid), ("bench", me)]),
+            s,
+        )
+        .await,
+        measure_path(
+            "rathole-noise",
+            &rathole_route,
+            &meter(vec![
+                ("rathole-server", tunnel.server_pid),
+                ("rathole-client", tunnel.client_pid),
+                ("bench", me),
+            ]),
+            s,
+        )
+        .await,
+        measure_path(
+            "chain",
+            &chain_route,
+            &meter(vec![
+                ("nginx", chained.pid),
+                ("rathole-server", tunnel.server_pid),
+                ("rathole-client", tunnel.client_pid),
+                ("bench", me),
+            ]),
+            s,
+        )
+        .await,
+        measure_path("postern", stack.postern, stack.postern_meter, s).await,
+    ];
+    children.check_alive();
+    let mut out = vec![
+        String::new(),
+        format!(
+            "peers, one run ({} s per load; download {}):",
+            s.load.secs.as_secs(),
+            size_label(s.load.download_bytes)
+        ),
+        format!(
+            "{:<14} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9}",
+            "path",
+            "c32 req/s",
+            "p50 µs",
+            "p99 µs",
+            "CPU µs/r",
+            "c1 p50",
+            "64K req/s",
+            "64K p50",
+            "64K p99",
+            "64K CPU",
+            "DL MB/s"
+        ),
+    ];
+    for r in &runs {
+        out.push(format!(
+            "{:<14} {:>9.0} {:>8.0} {:>8.0} {:>9.1} {:>8.0} {:>9.0} {:>8.0} {:>9.0} {:>9.1} {:>9.0}",
+            r.name,
+            r.small32.rps(),
+            r.small32.quantile_us(0.5),
+            r.small32.quantile_us(0.99),
+            r.small32_cpu.0,
+            r.small1.quantile_us(0.5),
+            r.large32.rps(),
+            r.large32.quantile_us(0.5),
+            r.large32.quantile_us(0.99),
+            r.large32_cpu.0,
+            r.download,
+        ));
+    }
+    out.push("CPU µs per request by process (small at 32 connections | 64 KiB at 32):".into());
+    for r in &runs {
+        out.push(format!(
+            "  {:<14} {} | {}",
+            r.name, r.small32_cpu.1, r.large32_cpu.1
+        ));
+    }
+    let [nginx_tls, rathole_noise, chain, postern] = &runs;
+    let check = |what: &str, value: f64, target: &str, pass: bool| {
+        format!(
+            "  {what}: {value:.2}x (target {target}) {}",
+            if pass { "PASS" } else { "MISS" }
+        )
+    };
+    let rps = postern.small32.rps() / chain.small32.rps();
+    let cpu = postern.small32_cpu.0 / chain.small32_cpu.0;
+    let c1 = postern.small1.quantile_us(0.5) / chain.small1.quantile_us(0.5);
+    let large = postern.large32.rps() / nginx_tls.large32.rps();
+    let tail = postern.large32.quantile_us(0.99) / postern.large32.quantile_us(0.5);
+    let download = postern.download / rathole_noise.download;
+    out.push("issue 11's targets, Postern against the peers of this run:".into());
+    out.extend([
+        check(
+            "small c32 req/s, / chain",
+            rps,
+            ">= 0.80x, stretch 1.0x",
+            rps >= 0.8,
+        ),
+        check(
+            "small c32 CPU per request, / chain",
+            cpu,
+            "<= 1.25x",
+            cpu <= 1.25,
+        ),
+        check("c1 p50, / chain", c1, "<= 1.50x", c1 <= 1.5),
+        check(
+            "64 KiB c32 req/s, / nginx-tls",
+            large,
+            ">= 0.50x",
+            large >= 0.5,
+        ),
+        check("64 KiB c32 p99 / p50", tail, "<= 3.00x", tail <= 3.0),
+        check(
+            "download, / rathole-noise",
+            download,
+            ">= 1.00x",
+            download >= 1.0,
+        ),
+    ]);
+    out
+}
+
 fn main() {
     let s = Settings::from_env();
     let bins = binaries_or_exit(
@@ -1219,6 +1457,20 @@ fn main() {
         let mut cpu_notes: Vec<String> = Vec::new();
         let step = |what: &str| eprintln!("… {what}");
 
+        let peers = if s.runs("peers") {
+            let stack = PeerStack {
+                children: &children,
+                dir: &dir,
+                origin,
+                gateway: &gw.route,
+                postern: &postern,
+                postern_meter: &meter,
+            };
+            measure_peers(&stack, &s).await
+        } else {
+            Vec::new()
+        };
+
         if !s.runs("base") {
             // Only the sections named in POSTERN_BENCH_ONLY, after the gateway's start.
             let mut notes = Vec::new();
@@ -1234,10 +1486,12 @@ fn main() {
             }
             children.check_alive();
             eprintln!();
-            println!();
-            print_table(&rows);
-            println!();
-            for note in &notes {
+            if !rows.is_empty() {
+                println!();
+                print_table(&rows);
+                println!();
+            }
+            for note in notes.iter().chain(&peers) {
                 println!("{note}");
             }
             return;
@@ -1486,7 +1740,7 @@ fn main() {
             rss(relay.pid) / 1024,
             rss(agent.pid) / 1024
         );
-        for note in &extra_notes {
+        for note in extra_notes.iter().chain(&peers) {
             println!("{note}");
         }
     });

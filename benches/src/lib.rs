@@ -7,7 +7,9 @@
 //! * [`load`]: routes to the origin, keep-alive HTTP/1.1 load loops and the download;
 //! * [`table`]: the printed result table;
 //! * [`prom`]: a child's Prometheus metrics, scraped and parsed (sums, histogram quantiles);
-//! * [`redis`]: a `redis-server` child on a free loopback port.
+//! * [`redis`]: a `redis-server` child on a free loopback port;
+//! * [`peers`]: nginx with TLS and an API-key check, rathole's Noise tunnel, and the two
+//!   chained — what a user would run instead of Postern.
 //!
 //! The benches measure; they never decide anything about the code under test.
 
@@ -16,6 +18,7 @@
 
 pub mod children;
 pub mod load;
+pub mod peers;
 pub mod procfs;
 pub mod prom;
 pub mod redis;

@@ -139,6 +139,11 @@ impl CpuMeter {
             .join(", ")
     }
 
+    /// CPU microseconds per operation, all metered processes together.
+    pub fn total_per_op_us(&self, before: &CpuSnapshot, after: &CpuSnapshot, ops: u64) -> f64 {
+        self.total_ns(before, after) as f64 / 1e3 / ops.max(1) as f64
+    }
+
     /// CPU nanoseconds all metered processes used between two readings.
     pub fn total_ns(&self, before: &CpuSnapshot, after: &CpuSnapshot) -> u64 {
         before

@@ -1,0 +1,211 @@
+//! The peers a user would run instead of Postern, as child processes of the gateway bench:
+//! nginx terminating TLS with an API-key check, rathole's Noise tunnel, and the two chained
+//! (nginx → rathole → origin: as many processes on the path as Postern's gateway → relay →
+//! agent).
+//!
+//! * **nginx** (Debian's package, found on `PATH` or in `/usr/sbin`): one process
+//!   (`master_process off`, `worker_processes 1` — on a 2-core box shared with the bench
+//!   client, rathole and the origin, like Postern's gateway it gets no core of its own), TLS
+//!   1.3 with the same certificate as the gateway, `Authorization: Bearer <key>` checked with
+//!   a `map`, `/peer/<lease>/` stripped like the gateway's path routing, keep-alive upstream
+//!   connections (`keepalive 64`, HTTP/1.1, `Connection ""`), no access log. Everything it
+//!   writes (pid, logs, temp files) stays in the bench's directory.
+//! * **rathole** 0.5.0 with the `noise` transport (`Noise_NK_25519_ChaChaPoly_BLAKE2s`, its
+//!   default): installed by `benches/setup-peers.sh` into `$POSTERN_TOOLS_DIR/bin` (default
+//!   `/var/tmp/postern-tools/bin`), a bench peer only, never a dependency. Its server's
+//!   service port forwards to the origin through its client; TCP_NODELAY on both ends.
+//!
+//! Every port is a free loopback port; readiness is a real request answered end to end.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::children::{free_port, wait_for_port, Children};
+
+/// Where `benches/setup-peers.sh` installs rathole unless `POSTERN_TOOLS_DIR` says otherwise.
+pub const DEFAULT_TOOLS_DIR: &str = "/var/tmp/postern-tools";
+
+/// The nginx binary, if installed.
+pub fn nginx_bin() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nginx"))
+        .find(|p| p.is_file())
+}
+
+/// The rathole binary, if installed.
+pub fn rathole_bin() -> Option<PathBuf> {
+    let dir = std::env::var_os("POSTERN_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOOLS_DIR));
+    Some(dir.join("bin").join("rathole")).filter(|p| p.is_file())
+}
+
+/// One nginx in front of `upstream`.
+pub struct Nginx {
+    pub pid: u32,
+    pub addr: SocketAddr,
+}
+
+/// What an nginx instance is given: TLS files, the key it accepts, the lease prefix it strips.
+pub struct NginxSpec<'a> {
+    pub name: &'a str,
+    pub upstream: SocketAddr,
+    pub cert: &'a Path,
+    pub cert_key: &'a Path,
+    pub api_key: &'a str,
+    pub lease: &'a str,
+}
+
+/// Starts nginx as the module docs describe; returns once its port listens.
+pub fn start_nginx(bin: &Path, children: &Children, dir: &Path, spec: &NginxSpec<'_>) -> Nginx {
+    let name = spec.name;
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("tmp")).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let p = |f: &str| prefix.join(f).display().to_string();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {pid};\n\
+         error_log {err} warn;\nevents {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n\
+         client_body_temp_path {tmp}/body;\n  proxy_temp_path {tmp}/proxy;\n\
+         fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n\
+         scgi_temp_path {tmp}/scgi;\n\
+         map_hash_bucket_size 256;\n  map $http_authorization $postern_key_ok {{ default 0; \"Bearer {key}\" 1; }}\n\
+         upstream origin {{ server {upstream}; keepalive 64; }}\n\
+         server {{\n    listen {addr} ssl;\n    ssl_certificate {cert};\n\
+         ssl_certificate_key {cert_key};\n    ssl_protocols TLSv1.3;\n\
+         keepalive_requests 1000000;\n\
+         location /peer/{lease}/ {{\n      if ($postern_key_ok = 0) {{ return 401; }}\n\
+         proxy_pass http://origin/;\n      proxy_http_version 1.1;\n\
+         proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        pid = p("nginx.pid"),
+        err = p("error.log"),
+        tmp = p("tmp"),
+        key = spec.api_key,
+        upstream = spec.upstream,
+        cert = spec.cert.display(),
+        cert_key = spec.cert_key.display(),
+        lease = spec.lease,
+    );
+    let conf_path = prefix.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    // `nginx -t` first: a bad config is reported, not a bare exit status.
+    let test = Command::new(bin)
+        .arg("-t")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&conf_path)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
+    assert!(
+        test.status.success(),
+        "{name}: nginx -t failed: {}",
+        String::from_utf8_lossy(&test.stderr)
+    );
+    let log = prefix.join("stderr.log");
+    let pid = children.spawn(
+        name,
+        Command::new(bin)
+            .arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    wait_for_port(addr, children, &log);
+    Nginx { pid, addr }
+}
+
+/// A rathole server and client, the server's service port forwarding to the origin.
+pub struct Rathole {
+    pub server_pid: u32,
+    pub client_pid: u32,
+    /// The server's service port (plain TCP; what a caller connects to).
+    pub service: SocketAddr,
+}
+
+/// A Noise keypair from `rathole --genkey`: (private, public), base64.
+fn genkey(bin: &Path) -> (String, String) {
+    let out = Command::new(bin)
+        .arg("--genkey")
+        .output()
+        .unwrap_or_else(|e| panic!("rathole --genkey: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut value_after = |label: &str| {
+        lines
+            .find(|l| l.starts_with(label))
+            .and_then(|_| lines.next())
+            .unwrap_or_else(|| panic!("rathole --genkey printed no {label}: {text}"))
+            .to_owned()
+    };
+    let private = value_after("Private Key");
+    let public = value_after("Public Key");
+    (private, public)
+}
+
+/// Starts the rathole pair in front of `origin`; returns once its service port listens (the
+/// server binds it when the client's control channel is up).
+pub fn start_rathole(bin: &Path, children: &Children, dir: &Path, origin: SocketAddr) -> Rathole {
+    let prefix = dir.join("rathole");
+    std::fs::create_dir_all(&prefix).unwrap();
+    let (private, public) = genkey(bin);
+    let control = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let service = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let token = "postern-bench-token";
+    let server = format!(
+        "[server]\nbind_addr = \"{control}\"\n\n[server.transport]\ntype = \"noise\"\n\n\
+         [server.transport.tcp]\nnodelay = true\n\n\
+         [server.transport.noise]\nlocal_private_key = \"{private}\"\n\n\
+         [server.services.web]\ntoken = \"{token}\"\nbind_addr = \"{service}\"\nnodelay = true\n"
+    );
+    let client = format!(
+        "[client]\nremote_addr = \"{control}\"\n\n[client.transport]\ntype = \"noise\"\n\n\
+         [client.transport.tcp]\nnodelay = true\n\n\
+         [client.transport.noise]\nremote_public_key = \"{public}\"\n\n\
+         [client.services.web]\ntoken = \"{token}\"\nlocal_addr = \"{origin}\"\nnodelay = true\n"
+    );
+    let start = |role: &str, conf: String| {
+        let conf_path = prefix.join(format!("{role}.toml"));
+        std::fs::write(&conf_path, conf).unwrap();
+        let log = prefix.join(format!("{role}.log"));
+        let pid = children.spawn(
+            &format!("rathole {role}"),
+            Command::new(bin)
+                .arg(format!("--{role}"))
+                .arg(&conf_path)
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        );
+        (pid, log)
+    };
+    let (server_pid, server_log) = start("server", server);
+    wait_for_port(control, children, &server_log);
+    let (client_pid, _client_log) = start("client", client);
+    // The service port opens once the client has logged in; give it the usual 15 s.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        children.check_alive();
+        if std::net::TcpStream::connect_timeout(&service, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for_port(service, children, &server_log);
+    Rathole {
+        server_pid,
+        client_pid,
+        service,
+    }
+}
