@@ -20,7 +20,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use crate::children::{free_port, wait_for_port, Children};
 
@@ -93,15 +92,19 @@ pub fn start_nginx(bin: &Path, children: &Children, dir: &Path, spec: &NginxSpec
     );
     let conf_path = prefix.join("nginx.conf");
     std::fs::write(&conf_path, conf).unwrap();
+    let nginx = || {
+        let mut cmd = Command::new(bin);
+        cmd.arg("-p")
+            .arg(&prefix)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(prefix.join("error.log"));
+        cmd
+    };
     // `nginx -t` first: a bad config is reported, not a bare exit status.
-    let test = Command::new(bin)
+    let test = nginx()
         .arg("-t")
-        .arg("-p")
-        .arg(&prefix)
-        .arg("-c")
-        .arg(&conf_path)
-        .arg("-e")
-        .arg(prefix.join("error.log"))
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     assert!(
@@ -112,13 +115,7 @@ pub fn start_nginx(bin: &Path, children: &Children, dir: &Path, spec: &NginxSpec
     let log = prefix.join("stderr.log");
     let pid = children.spawn(
         name,
-        Command::new(bin)
-            .arg("-p")
-            .arg(&prefix)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(prefix.join("error.log"))
+        nginx()
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap()),
     );
@@ -193,15 +190,7 @@ pub fn start_rathole(bin: &Path, children: &Children, dir: &Path, origin: Socket
     let (server_pid, server_log) = start("server", server);
     wait_for_port(control, children, &server_log);
     let (client_pid, _client_log) = start("client", client);
-    // The service port opens once the client has logged in; give it the usual 15 s.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        children.check_alive();
-        if std::net::TcpStream::connect_timeout(&service, Duration::from_millis(200)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // The service port opens once the client has logged in.
     wait_for_port(service, children, &server_log);
     Rathole {
         server_pid,
