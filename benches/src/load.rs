@@ -137,6 +137,31 @@ impl GatewayRoute {
         self.handshake(tcp).await
     }
 
+    /// The TLS session a new connection negotiates, e.g. `TLSv1_3 TLS13_AES_128_GCM_SHA256,
+    /// ALPN http/1.1`.
+    pub async fn describe_tls(&self) -> String {
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .expect("connect to gateway");
+        tcp.set_nodelay(true).expect("TCP_NODELAY");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let tls = tokio::time::timeout(OP_TIMEOUT, self.tls.connect(name, tcp))
+            .await
+            .expect("TLS handshake timed out")
+            .expect("TLS handshake");
+        let conn = tls.get_ref().1;
+        format!(
+            "{:?} {:?}, ALPN {}",
+            conn.protocol_version().expect("negotiated TLS version"),
+            conn.negotiated_cipher_suite()
+                .map(|s| s.suite())
+                .expect("negotiated cipher suite"),
+            conn.alpn_protocol()
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .unwrap_or_else(|| "none".into())
+        )
+    }
+
     async fn handshake(&self, tcp: TcpStream) -> Sender {
         tcp.set_nodelay(true).expect("TCP_NODELAY");
         let name = ServerName::try_from("localhost").expect("server name");

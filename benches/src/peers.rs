@@ -4,24 +4,46 @@
 //! agent).
 //!
 //! * **nginx** (Debian's package, found on `PATH` or in `/usr/sbin`): one process
-//!   (`master_process off`, `worker_processes 1` — on a 2-core box shared with the bench
-//!   client, rathole and the origin, like Postern's gateway it gets no core of its own), TLS
-//!   1.3 with the same certificate as the gateway, `Authorization: Bearer <key>` checked with
-//!   a `map`, `/peer/<lease>/` stripped like the gateway's path routing, keep-alive upstream
-//!   connections (`keepalive 64`, HTTP/1.1, `Connection ""`), no access log. Everything it
-//!   writes (pid, logs, temp files) stays in the bench's directory.
+//!   (`daemon off; master_process off;`, so the bench's child is the process that serves, and
+//!   its CPU is in its own `/proc/<pid>/stat`). Without a master process nginx runs one event
+//!   loop whatever `worker_processes` says; the config says `worker_processes 1` to match.
+//!   One worker rather than `auto` (2 here): on this 2-core box the bench client and the origin
+//!   take about a core, and in the chain rathole's two processes share the same cores, so a
+//!   second worker would buy no core of its own, only a second copy of nginx contending for
+//!   them (and a master process to meter as well). TLS 1.3 with the same certificate as the
+//!   gateway; `Authorization: Bearer <key>` checked with a `map` and `return 401` (the same
+//!   request the bench sends Postern, so every TLS path gets the same bytes); `/peer/<lease>/`
+//!   stripped like the gateway's path routing; keep-alive upstream connections (`keepalive 64`,
+//!   HTTP/1.1, `Connection ""`, no request limit on them, as on the client side); responses
+//!   buffered in memory only (`proxy_max_temp_file_size 0`: a download waits for the client
+//!   rather than spilling to a temp file, like Postern's back-pressure); no access log.
+//!   Everything it writes (pid, logs, temp paths) stays in the bench's directory, so it needs
+//!   no root and touches no system path.
 //! * **rathole** 0.5.0 with the `noise` transport (`Noise_NK_25519_ChaChaPoly_BLAKE2s`, its
-//!   default): installed by `benches/setup-peers.sh` into `$POSTERN_TOOLS_DIR/bin` (default
-//!   `/var/tmp/postern-tools/bin`), a bench peer only, never a dependency. Its server's
-//!   service port forwards to the origin through its client; TCP_NODELAY on both ends.
+//!   default; keys from `rathole --genkey`): installed by `benches/setup-peers.sh` into
+//!   `$POSTERN_TOOLS_DIR/bin` (default `/var/tmp/postern-tools/bin`), a bench peer only, never
+//!   a dependency. Its server's service port forwards to the origin through its client;
+//!   TCP_NODELAY on both ends; `RUST_LOG=warn` (no log line per connection). Each process runs
+//!   tokio's default worker count (one per core), like the gateway and the relay. rathole 0.5.0
+//!   sets TCP_NODELAY on its control and data channels but never on the connections accepted on
+//!   its service port (a service's `nodelay` applies to its data channels) nor on the client's
+//!   connection to the origin: a response that its copy loop writes in several pieces on a
+//!   kept-alive connection waits for the peer's delayed ACK, ~40 ms for 64 KiB. That is
+//!   rathole as a user gets it, and the bench measures it as such.
 //!
-//! Every port is a free loopback port; readiness is a real request answered end to end.
+//! Every port is a free loopback port. Readiness: a listening port here; the bench then checks
+//! each path with real requests before loading it ([`check_api_key`] for nginx).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use http_body_util::{BodyExt, Empty};
+use hyper::header::HOST;
+use hyper::{Request, StatusCode};
+
 use crate::children::{free_port, wait_for_port, Children};
+use crate::load::{exchange, GatewayRoute};
 
 /// Where `benches/setup-peers.sh` installs rathole unless `POSTERN_TOOLS_DIR` says otherwise.
 pub const DEFAULT_TOOLS_DIR: &str = "/var/tmp/postern-tools";
@@ -35,12 +57,58 @@ pub fn nginx_bin() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Where rathole is looked for: `$POSTERN_TOOLS_DIR/bin/rathole` (default
+/// [`DEFAULT_TOOLS_DIR`]).
+pub fn rathole_path() -> PathBuf {
+    std::env::var_os("POSTERN_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOOLS_DIR))
+        .join("bin")
+        .join("rathole")
+}
+
 /// The rathole binary, if installed.
 pub fn rathole_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("POSTERN_TOOLS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_TOOLS_DIR));
-    Some(dir.join("bin").join("rathole")).filter(|p| p.is_file())
+    Some(rathole_path()).filter(|p| p.is_file())
+}
+
+/// The peers' binaries, each `None` when not installed.
+pub struct PeerTools {
+    pub nginx: Option<PathBuf>,
+    pub rathole: Option<PathBuf>,
+}
+
+impl PeerTools {
+    pub fn find() -> Self {
+        Self {
+            nginx: nginx_bin(),
+            rathole: rathole_bin(),
+        }
+    }
+
+    /// One line naming what is missing, which peers are skipped for it and how to install it;
+    /// `None` when both are there.
+    pub fn missing(&self) -> Option<String> {
+        let skipped = match (&self.nginx, &self.rathole) {
+            (Some(_), Some(_)) => return None,
+            (None, Some(_)) => "nginx is not installed (not on PATH, not /usr/sbin/nginx): \
+                                nginx-tls and chain skipped"
+                .to_owned(),
+            (Some(_), None) => format!(
+                "rathole is not installed ({} missing): rathole-noise and chain skipped",
+                rathole_path().display()
+            ),
+            (None, None) => format!(
+                "nginx and rathole are not installed (nginx not on PATH, {} missing): \
+                 nginx-tls, rathole-noise and chain skipped",
+                rathole_path().display()
+            ),
+        };
+        Some(format!(
+            "peers: {skipped}; install them with `bash benches/setup-peers.sh` \
+             (POSTERN_TOOLS_DIR picks rathole's folder, default {DEFAULT_TOOLS_DIR})"
+        ))
+    }
 }
 
 /// One nginx in front of `upstream`.
@@ -74,13 +142,13 @@ pub fn start_nginx(bin: &Path, children: &Children, dir: &Path, spec: &NginxSpec
          fastcgi_temp_path {tmp}/fastcgi;\n  uwsgi_temp_path {tmp}/uwsgi;\n\
          scgi_temp_path {tmp}/scgi;\n\
          map_hash_bucket_size 256;\n  map $http_authorization $postern_key_ok {{ default 0; \"Bearer {key}\" 1; }}\n\
-         upstream origin {{ server {upstream}; keepalive 64; }}\n\
+         upstream origin {{ server {upstream}; keepalive 64; keepalive_requests 1000000; }}\n\
          server {{\n    listen {addr} ssl;\n    ssl_certificate {cert};\n\
          ssl_certificate_key {cert_key};\n    ssl_protocols TLSv1.3;\n\
          keepalive_requests 1000000;\n\
          location /peer/{lease}/ {{\n      if ($postern_key_ok = 0) {{ return 401; }}\n\
          proxy_pass http://origin/;\n      proxy_http_version 1.1;\n\
-         proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+         proxy_set_header Connection \"\";\n      proxy_max_temp_file_size 0;\n    }}\n  }}\n}}\n",
         pid = p("nginx.pid"),
         err = p("error.log"),
         tmp = p("tmp"),
@@ -197,4 +265,41 @@ pub fn start_rathole(bin: &Path, children: &Children, dir: &Path, origin: Socket
         client_pid,
         service,
     }
+}
+
+/// GET `path` through nginx three times on one keep-alive connection: with the key (must be 200), without any `Authorization` header and with a wrong key (both must be
+/// 401). Returns `Err` saying what came back otherwise, so the bench fails before it loads a
+/// proxy that does not check the key.
+pub async fn check_api_key(route: &GatewayRoute, path: &str) -> Result<(), String> {
+    let without = Request::get(format!("/peer/{}{path}", route.lease))
+        .header(HOST, "localhost")
+        .body(Empty::new().map_err(|n| match n {}).boxed())
+        .map_err(|e| e.to_string())?;
+    let wrong = format!("{}x", route.api_key);
+    let cases = [
+        (
+            "with the key",
+            route.get(path, &route.api_key),
+            StatusCode::OK,
+        ),
+        ("without a key", without, StatusCode::UNAUTHORIZED),
+        (
+            "with a wrong key",
+            route.get(path, &wrong),
+            StatusCode::UNAUTHORIZED,
+        ),
+    ];
+    let mut sender = route.connect().await;
+    for (what, req, want) in cases {
+        let (status, _) = exchange(&mut sender, req)
+            .await
+            .map_err(|e| format!("GET {path} {what}: {e}"))?;
+        if status != want {
+            return Err(format!(
+                "GET {path} {what} through {} answered {status}, not {want}",
+                route.addr
+            ));
+        }
+    }
+    Ok(())
 }

@@ -139,6 +139,21 @@ impl CpuMeter {
             .join(", ")
     }
 
+    /// (name, CPU µs per operation) for each process between two readings.
+    pub fn per_op_us_by_process(
+        &self,
+        before: &CpuSnapshot,
+        after: &CpuSnapshot,
+        ops: u64,
+    ) -> Vec<(&'static str, f64)> {
+        let ops = ops.max(1) as f64;
+        self.procs
+            .iter()
+            .zip(before.0.iter().zip(&after.0))
+            .map(|((name, _), (b, a))| (*name, a.saturating_sub(*b) as f64 / 1e3 / ops))
+            .collect()
+    }
+
     /// CPU microseconds per operation, all metered processes together.
     pub fn total_per_op_us(&self, before: &CpuSnapshot, after: &CpuSnapshot, ops: u64) -> f64 {
         self.total_ns(before, after) as f64 / 1e3 / ops.max(1) as f64

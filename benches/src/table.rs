@@ -1,5 +1,6 @@
 //! The result table: one row per metric with the direct and the Postern value, their ratio,
-//! and, where the issue sets one, the target and PASS/MISS.
+//! and, where the issue sets one, the target and PASS/MISS; and a plain grid (one column per
+//! path) for the peers.
 
 /// One line of the table, already formatted.
 #[derive(Debug, Clone)]
@@ -76,5 +77,41 @@ pub fn print_table(rows: &[Row]) {
     println!("{}", "-".repeat(w.iter().sum::<usize>() + 2 * 5));
     for c in cells {
         line(c);
+    }
+}
+
+/// Prints `rows` under `headers` (one cell per column each), the first column left-aligned and
+/// the others right-aligned, with a rule under the header.
+pub fn print_grid(headers: &[&str], rows: &[Vec<String>]) {
+    let mut w: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate().take(w.len()) {
+            let pad = w[i] - c.chars().count();
+            if i == 0 {
+                out.push_str(c);
+                out.push_str(&" ".repeat(pad));
+            } else {
+                out.push_str("  ");
+                out.push_str(&" ".repeat(pad));
+                out.push_str(c);
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    println!(
+        "{}",
+        "-".repeat(w.iter().sum::<usize>() + 2 * w.len().saturating_sub(1))
+    );
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
     }
 }
