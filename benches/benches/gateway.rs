@@ -1593,28 +1593,44 @@ fn peer_targets(runs: &[PathRun]) -> Vec<Row> {
 }
 
 fn peer_notes(runs: &[PathRun], tls: &[String], s: &Settings) -> Vec<String> {
-    let mut notes = vec![
-        format!(
-            "peers (one {} s window per load after a {} ms warm-up; measurement kinds one after \
-             another, each over every path in the order of the grid; bench = this process: the \
-             load client and the in-process origin):",
-            s.load.secs.as_secs(),
-            s.load.warmup.as_millis()
-        ),
-        "  nginx-tls: nginx (one process, master_process off, worker_processes 1), TLS 1.3 with \
-         the gateway's certificate, `map $http_authorization` key check (401 without it), \
-         proxy_pass to an upstream with keepalive 64 over HTTP/1.1, no access log"
-            .into(),
-        "  rathole-noise: rathole 0.5.0 server + client, noise transport \
-         (Noise_NK_25519_ChaChaPoly_BLAKE2s), plain HTTP/1.1 to the server's service port"
-            .into(),
-        "  chain: a second nginx as above whose upstream is rathole's service port".into(),
-        "  (rathole 0.5.0 leaves Nagle's algorithm on for the connections to its service port — \
-         its `nodelay` option applies to its own data channels only —, so a response it writes \
-         in several pieces on a kept-alive connection waits for the peer's delayed ACK, ~40 ms: \
-         the 64 KiB latency of rathole-noise and chain is rathole's own, not the bench's)"
-            .into(),
-    ];
+    let ran = |name: &str| runs.iter().any(|r| r.name == name);
+    let mut notes = vec![format!(
+        "peers (one {} s window per load after a {} ms warm-up; measurement kinds one after \
+         another, each over every path in the order of the grid; bench = this process: the \
+         load client and the in-process origin):",
+        s.load.secs.as_secs(),
+        s.load.warmup.as_millis()
+    )];
+    if ran("nginx-tls") || ran("chain") {
+        notes.push(
+            "  nginx-tls: nginx (one process, master_process off, worker_processes 1), TLS 1.3 \
+             with the gateway's certificate, `map $http_authorization` key check (401 without \
+             it), proxy_pass to an upstream with keepalive 64 over HTTP/1.1, no access log"
+                .into(),
+        );
+    }
+    if ran("rathole-noise") || ran("chain") {
+        notes.push(
+            "  rathole-noise: rathole 0.5.0 server + client, noise transport \
+             (Noise_NK_25519_ChaChaPoly_BLAKE2s), plain HTTP/1.1 to the server's service port"
+                .into(),
+        );
+    }
+    if ran("chain") {
+        notes.push(
+            "  chain: a second nginx as above whose upstream is rathole's service port".into(),
+        );
+    }
+    if ran("rathole-noise") {
+        notes.push(
+            "  (rathole 0.5.0 leaves Nagle's algorithm on for the connections to its service \
+             port — its `nodelay` option applies to its own data channels only —, so a response \
+             it writes in several pieces on a kept-alive connection waits for the peer's \
+             delayed ACK, ~40 ms: the 64 KiB latency of rathole-noise and chain is rathole's \
+             own, not the bench's)"
+                .into(),
+        );
+    }
     if !tls.is_empty() {
         notes.push(format!("  TLS sessions: {}", tls.join("; ")));
     }
