@@ -8,6 +8,7 @@
 //! * `postern pubkey --key FILE` — print an identity's public keys.
 //! * `postern grant mint …` — development helper: sign a lease grant with a control-plane key.
 
+mod audit;
 mod up;
 
 use std::collections::HashSet;
@@ -65,6 +66,11 @@ enum Command {
     /// Lease grants (development helper for a local control plane key).
     #[command(subcommand)]
     Grant(GrantCommand),
+    /// The control plane's evidence chain: verify it, export it.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Print the control plane API's OpenAPI 3.1 document (as served at /api/v1/openapi.json).
+    Openapi,
 }
 
 #[derive(Debug, Subcommand)]
@@ -178,6 +184,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Grant(GrantCommand::Mint(args)) => mint_cmd(args),
+        Command::Audit(cmd) => audit::run(cmd).await,
+        Command::Openapi => {
+            println!("{}", postern_control::api::openapi_document());
+            Ok(())
+        }
     }
 }
 

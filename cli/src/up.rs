@@ -128,7 +128,7 @@ fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<NewKey>), Ga
         (record.clone(), Some(NewKey { key, record }))
     };
     let toml = format!(
-        "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{gw_key}\"\ngrant_file = \"{gw_grants}\"\nbase_domain = \"localhost\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[[lease]]\nname = \"{lease}\"\nowner_identity = \"{owner}\"\n\n{api_keys}",
+        "relays = [\"ws://{relay}\"]\nidentity_key_file = \"{gw_key}\"\ngrant_file = \"{gw_grants}\"\nbase_domain = \"localhost\"\n\n[listen]\nhttps = \"{https}\"\nhttp = \"{http}\"\n\n[metrics]\nlisten = \"{metrics}\"\n\n[[listen.tls]]\ncert = \"{cert}\"\nkey = \"{key}\"\n\n[control]\ndatabase_url = \"sqlite://{db}\"\nsigning_key_file = \"{cp_key}\"\n\n[[lease]]\nname = \"{lease}\"\nowner_identity = \"{owner}\"\n\n{api_keys}",
         relay = opts.relay,
         gw_key = dir.join("gateway.key").display(),
         gw_grants = dir.join("gateway.grants").display(),
@@ -137,6 +137,8 @@ fn prepare(opts: &UpOptions) -> Result<(String, RelayConfig, Option<NewKey>), Ga
         metrics = opts.metrics,
         cert = cert_path.display(),
         key = key_path.display(),
+        db = dir.join("control.db").display(),
+        cp_key = dir.join("control-plane.key").display(),
         lease = opts.lease,
         owner = agent.public_base64(),
     );
@@ -152,29 +154,41 @@ pub async fn run(opts: UpOptions) -> Result<(), GatewayError> {
     let relay_handle = relay.handle().map_err(err)?;
     tokio::spawn(relay.run());
     let config = postern_config::parse_gateway(&toml, "postern up").map_err(err)?;
-    let runtime = Runtime::start(config)?;
+    let opened = postern_gateway::control::open_with_keys(&config.control).await?;
+    let runtime = Runtime::start_with_control(config, opened.control, opened.keys)?;
+    postern_gateway::control::follow(Arc::clone(&runtime));
     // Bound before anything is printed: a port in use is an error, not a banner and then one.
     let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&runtime))?;
     if let Some(new) = &new_key {
         write_private(&opts.data_dir.join("api-keys.toml"), &new.record)?;
     }
+    let bootstrap = postern_gateway::control::bootstrap_token(&runtime).await?;
     let dir = opts.data_dir.display();
     let key_line = match &new_key {
         Some(new) => format!("API key (shown once; only its hash is kept): {}", new.key),
         None => format!("API key: the one printed on the first run (hash in {dir}/api-keys.toml)"),
     };
     let key_for_curl = new_key.as_ref().map_or("<your API key>", |new| &new.key);
+    let admin_line = match &bootstrap {
+        Some(token) => {
+            format!("admin token for /api/v1 (shown once; only its hash is kept): {token}")
+        }
+        None => "admin token for /api/v1: the one printed on the first run".to_owned(),
+    };
+    let token_for_curl = bootstrap.as_deref().unwrap_or("<your admin token>");
     let metrics = gateway
         .metrics_addr()
         .map_or_else(|| "off".to_owned(), |a| format!("http://{a}/metrics"));
     println!(
         "postern up: relay ws://{relay}  gateway https://{https} (and http://{http})\n\
-         metrics: {metrics}\n{key_line}\n\n\
+         metrics: {metrics}\n{key_line}\n{admin_line}\n\n\
          1. expose a local HTTP service (port 3000 here) as lease {lease:?}:\n   \
          cargo run --release --bin postern -- expose http://127.0.0.1:3000 --lease {lease} \
          --relay ws://{relay} --grant {dir}/agent.grants --key {dir}/agent.key\n\n\
          2. call it:\n   \
-         curl --cacert {dir}/gateway.crt -H 'Authorization: Bearer {key_for_curl}' https://localhost:{port}/peer/{lease}/\n",
+         curl --cacert {dir}/gateway.crt -H 'Authorization: Bearer {key_for_curl}' https://localhost:{port}/peer/{lease}/\n\n\
+         3. the control plane (workspaces, keys, audit):\n   \
+         curl --cacert {dir}/gateway.crt -H 'Authorization: Bearer {token_for_curl}' https://localhost:{port}/api/v1/whoami\n",
         relay = opts.relay,
         https = opts.https,
         http = opts.http,

@@ -64,6 +64,88 @@ pub struct GatewayConfig {
     /// `[upstream]`: how requests travel to the leases' agents.
     #[serde(default)]
     pub upstream: UpstreamConfig,
+    /// `[control]`: the control plane at `/api/v1` and the keys it serves.
+    #[serde(default)]
+    pub control: ControlConfig,
+}
+
+/// `[control]`: the control plane (`/api/v1` on the gateway's own host names) and its store.
+/// Off unless `database_url` is set; with it, the keys the control plane holds are served
+/// next to the file's `[[api_key]]`s. Every field takes effect at start only.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlConfig {
+    /// `sqlite:///path/control.db` (created if missing) or `postgres://user@host/db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub database_url: Option<String>,
+    /// The control plane's Ed25519 key (the one that signs grants): it signs the audit
+    /// log's checkpoints. Required with `database_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Longest a change made through another gateway (sharing PostgreSQL) takes to reach
+    /// this one: the store is checked for key changes this often. Changes made through this
+    /// gateway apply at once.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Accept the bootstrap admin token.
+    pub keep_bootstrap_token: bool,
+    /// Admin API requests per second per client address (bursts of twice that).
+    pub admin_requests_per_second: u32,
+    /// Audit events waiting to be written; past it, data-path events are dropped and counted.
+    pub audit_queue: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            database_url: None,
+            signing_key_file: None,
+            refresh_interval: Duration::from_secs(5),
+            keep_bootstrap_token: true,
+            admin_requests_per_second: 50,
+            audit_queue: 4096,
+        }
+    }
+}
+
+impl ControlConfig {
+    /// Whether the control plane runs.
+    pub fn enabled(&self) -> bool {
+        self.database_url.is_some()
+    }
+
+    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+        if let Some(url) = &self.database_url {
+            ensure(
+                url.starts_with("sqlite://")
+                    || url.starts_with("postgres://")
+                    || url.starts_with("postgresql://"),
+                &format!("{at}.database_url"),
+                "must start with sqlite:// or postgres://",
+            )?;
+            ensure(
+                self.signing_key_file.is_some(),
+                &format!("{at}.signing_key_file"),
+                "is required with database_url",
+            )?;
+        }
+        ensure(
+            (Duration::from_millis(100)..=Duration::from_secs(3600))
+                .contains(&self.refresh_interval),
+            &format!("{at}.refresh_interval"),
+            "must be 100ms to 1h",
+        )?;
+        ensure(
+            (1..=100_000).contains(&self.admin_requests_per_second),
+            &format!("{at}.admin_requests_per_second"),
+            "must be 1 to 100000",
+        )?;
+        ensure(
+            (16..=1_000_000).contains(&self.audit_queue),
+            &format!("{at}.audit_queue"),
+            "must be 16 to 1000000",
+        )
+    }
 }
 
 /// How the gateway speaks HTTP to a lease's agent, inside the lease's E2EE session.
@@ -648,6 +730,7 @@ impl GatewayConfig {
         self.rate_limit.validate("rate_limit")?;
         self.breaker.validate("breaker")?;
         self.upstream.validate("upstream")?;
+        self.control.validate("control")?;
         for (i, lease) in self.leases.iter().enumerate() {
             let at = format!("lease[{i}]");
             if let Some(rate) = &lease.rate_limit {

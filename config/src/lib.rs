@@ -37,9 +37,9 @@ mod watch;
 pub use agent::{AgentConfig, AgentLimits, LeaseConfig, ReconnectConfig};
 pub use error::ConfigError;
 pub use gateway::{
-    load_gateway, parse_gateway, ApiKeyConfig, BreakerConfig, BreakerOverride, GatewayConfig,
-    GatewayLease, GatewayLimits, GatewayListen, IpPolicy, MetricsConfig, Rate, RateLimitBackend,
-    RateLimitConfig, Scope, TlsCert, UpstreamConfig, UpstreamProtocol,
+    load_gateway, parse_gateway, ApiKeyConfig, BreakerConfig, BreakerOverride, ControlConfig,
+    GatewayConfig, GatewayLease, GatewayLimits, GatewayListen, IpPolicy, MetricsConfig, Rate,
+    RateLimitBackend, RateLimitConfig, Scope, TlsCert, UpstreamConfig, UpstreamProtocol,
 };
 pub use load::{load_agent, load_relay, parse_agent, parse_relay};
 pub use locate::locate;

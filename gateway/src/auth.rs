@@ -1,8 +1,9 @@
 //! API keys: who is calling.
 //!
-//! A key is `pst_<id>_<secret>`: `id` is 8–32 characters of `[a-z0-9]` and names the record,
-//! `secret` is 32–64 characters of `[A-Za-z0-9]`. The configuration stores only an argon2id hash
-//! of the whole key. argon2 is deliberately slow, so this module must never let a client turn
+//! A key is `pst_<id>_<secret>` (the format is `postern_control::keys`): `id` is 8–32
+//! characters of `[a-z0-9]` and names the record, `secret` is 32–64 characters of
+//! `[A-Za-z0-9]`. The configuration (and the control plane's store) keeps only an argon2id
+//! hash of the whole key. argon2 is deliberately slow, so this module must never let a client turn
 //! requests into argon2 work at will:
 //! * a malformed key, or a well-formed key whose id is unknown, is refused before argon2 (the id
 //!   is an O(1) map lookup; ids are identifiers, not secrets);
@@ -36,24 +37,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::password_hash::PasswordHash;
 use argon2::{Argon2, PasswordVerifier};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::HeaderMap;
 use ipnet::IpNet;
 use postern_config::{ApiKeyConfig, GatewayLimits, Rate, Scope};
-use rand::Rng;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::client_ip;
 use crate::problem::Problem;
 
-const PREFIX: &str = "pst_";
-const ID_CHARS: std::ops::RangeInclusive<usize> = 8..=32;
-const SECRET_CHARS: std::ops::RangeInclusive<usize> = 32..=64;
-/// Length of secrets made by [`generate`]: about 238 bits.
-const GENERATED_SECRET_CHARS: usize = 40;
+use postern_control::keys::{ID_CHARS, PREFIX, SECRET_CHARS};
 /// Failures between two clean-ups of the per-IP state.
 const HOUSEKEEPING_EVERY: u64 = 1024;
 /// Most client IPs held in the blocked list at once.
@@ -127,26 +123,7 @@ impl AuthError {
     }
 }
 
-/// Makes a new key; returns `(key, id, argon2id PHC hash)`. The key is shown once, then only
-/// the id and the hash are stored. `id_len` is clamped to 8..=32.
-pub fn generate(id_len: usize) -> Result<(String, String, String), argon2::password_hash::Error> {
-    const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut rng = rand::thread_rng();
-    let id: String = (0..id_len.clamp(*ID_CHARS.start(), *ID_CHARS.end()))
-        .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
-        .collect();
-    let secret: String = (&mut rng)
-        .sample_iter(rand::distributions::Alphanumeric)
-        .take(GENERATED_SECRET_CHARS)
-        .map(char::from)
-        .collect();
-    let key = format!("{PREFIX}{id}_{secret}");
-    let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    let phc = Argon2::default()
-        .hash_password(key.as_bytes(), &salt)?
-        .to_string();
-    Ok((key, id, phc))
-}
+pub use postern_control::keys::generate;
 
 /// The field that carries an API key when `Authorization` does not.
 pub const API_KEY_FIELD: &str = "x-api-key";
@@ -590,6 +567,7 @@ impl KeyVerifier {
 mod tests {
     use std::sync::OnceLock;
 
+    use argon2::password_hash::{PasswordHasher, SaltString};
     use http::HeaderValue;
     use rand::distributions::{Alphanumeric, DistString};
 

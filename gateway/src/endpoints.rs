@@ -7,7 +7,9 @@
 //!   that scraping never shares limits or policy with client traffic): `GET /metrics`, the
 //!   Prometheus text format of [`crate::metrics`], and `/healthz`. It serves at most
 //!   [`METRICS_MAX_CONNECTIONS`] scrapers at once, each bounded in time.
-//! * `/api/v1` (the control plane) will be mounted here.
+//! * `/api/v1/…` on the client listeners, on the gateway's own names, when `[control]` is on:
+//!   the control plane ([`crate::control::serve`]), with its own admin tokens; the gateway
+//!   looks for no API key on these paths.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,6 +33,8 @@ use crate::runtime::Runtime;
 pub enum Endpoint {
     Healthz,
     Readyz,
+    /// The control plane's API.
+    ControlApi,
 }
 
 /// Scrapers served at once by the metrics listener.
@@ -41,13 +45,21 @@ const METRICS_CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 const READY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The gateway's own endpoint at `path`, when `host` is one of the gateway's own names.
-pub fn own(path: &str, host: Option<&str>, base_domain: Option<&str>) -> Option<Endpoint> {
+/// `control` says whether the control plane is mounted.
+pub fn own(
+    path: &str,
+    host: Option<&str>,
+    base_domain: Option<&str>,
+    control: bool,
+) -> Option<Endpoint> {
     if route::is_lease_host(host, base_domain) {
         return None;
     }
     match path {
         "/healthz" => Some(Endpoint::Healthz),
         "/readyz" => Some(Endpoint::Readyz),
+        "/api/v1" => control.then_some(Endpoint::ControlApi),
+        p if p.starts_with("/api/v1/") => control.then_some(Endpoint::ControlApi),
         _ => None,
     }
 }
@@ -57,8 +69,10 @@ pub async fn answer(
     session: &mut Session,
     runtime: &Runtime,
     endpoint: Endpoint,
+    ip: std::net::IpAddr,
 ) -> Result<pingora::Result<()>, Refusal> {
     match endpoint {
+        Endpoint::ControlApi => crate::control::serve(session, runtime, ip).await,
         Endpoint::Healthz => Ok(respond::plain(session, 200, "ok\n").await),
         Endpoint::Readyz => {
             // One relay connection attempt at a time (the dialer serializes them).

@@ -21,6 +21,7 @@ pub mod client_ip;
 pub mod concurrency;
 pub mod connections;
 pub mod connector;
+pub mod control;
 pub mod downstream;
 pub mod endpoints;
 pub mod forwarding;

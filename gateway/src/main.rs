@@ -154,12 +154,23 @@ fn main() -> ExitCode {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = postern_config::load_gateway(&path)
         .with_context(|| format!("config {}", path.display()))?;
-    let runtime = Runtime::start(config).context("starting the gateway")?;
+    let opened = postern_gateway::control::open_with_keys(&config.control)
+        .await
+        .context("opening the control plane")?;
+    let runtime = Runtime::start_with_control(config, opened.control, opened.keys)
+        .context("starting the gateway")?;
+    postern_gateway::control::follow(std::sync::Arc::clone(&runtime));
     // Watching before the listeners are bound: a change written once the gateway answers is
     // never missed.
     postern_gateway::reload::watch(std::sync::Arc::clone(&runtime), path)
         .context("watching the config file")?;
     let gateway = postern_gateway::server::Gateway::bind(std::sync::Arc::clone(&runtime))?;
+    if let Some(token) = postern_gateway::control::bootstrap_token(&runtime).await? {
+        // Printed, never logged: the one time this token is shown (only its hash is kept).
+        println!(
+            "postern-gateway: bootstrap admin token (shown once; only its hash is kept): {token}"
+        );
+    }
     if let Some(addr) = gateway.metrics_addr() {
         tracing::info!(%addr, "metrics at http://{addr}/metrics");
     }

@@ -502,10 +502,11 @@ impl GatewayProxy {
         let ip = self.client_allowed(ctx.client_ip, config)?;
         let host = request::host(session.req_header());
         let base_domain = config.base_domain.as_deref();
-        if let Some(endpoint) = endpoints::own(&ctx.path, host.as_deref(), base_domain) {
+        let control = self.runtime.control_router.is_some();
+        if let Some(endpoint) = endpoints::own(&ctx.path, host.as_deref(), base_domain, control) {
             ctx.outcome = Outcome::Endpoint;
             // A failed write means the client is gone: nothing more to answer.
-            let _written = endpoints::answer(session, &self.runtime, endpoint).await?;
+            let _written = endpoints::answer(session, &self.runtime, endpoint, ip).await?;
             return Ok(Admitted::Answered);
         }
         let key = self.authenticate(session.req_header(), ip, &snap).await?;

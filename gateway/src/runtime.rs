@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
-use postern_config::GatewayConfig;
+use postern_config::{ApiKeyConfig, GatewayConfig};
+use postern_control::ControlPlane;
 use postern_sdk::{ClientOptions, Dialer, DialerConfig, Identity, RelayUrl};
 
 use crate::auth::KeyVerifier;
@@ -44,6 +45,15 @@ pub struct Runtime {
     reloading: Mutex<()>,
     /// Handshakes already counted into the metric (the dialer counts on its own).
     handshakes_seen: AtomicU64,
+    /// The control plane, when `[control]` names a database.
+    pub control: Option<Arc<ControlPlane>>,
+    /// Its `/api/v1` router.
+    pub control_router: Option<axum::Router>,
+    /// The keys the control plane's store holds, served next to the file's.
+    store_keys: Mutex<Arc<Vec<ApiKeyConfig>>>,
+    /// The file's own `[[api_key]]`s, as last loaded (the snapshot's list also has the
+    /// store's).
+    file_keys: Mutex<Vec<ApiKeyConfig>>,
 }
 
 /// What a successful reload did.
@@ -58,6 +68,18 @@ impl Runtime {
     /// Builds the runtime for a validated `config`: loads the identity key, grants, CA file,
     /// certificates and keys. Must run inside a tokio runtime (the dialer starts a task).
     pub fn start(config: GatewayConfig) -> Result<Arc<Self>, GatewayError> {
+        Self::start_with_control(config, None, Vec::new())
+    }
+
+    /// As [`Runtime::start`], with the control plane opened from `[control]`
+    /// ([`crate::control::open`]) and the keys its store holds now.
+    pub fn start_with_control(
+        mut config: GatewayConfig,
+        control: Option<Arc<ControlPlane>>,
+        store_keys: Vec<ApiKeyConfig>,
+    ) -> Result<Arc<Self>, GatewayError> {
+        let file_keys = config.api_keys.clone();
+        merge_keys(&mut config.api_keys, &store_keys);
         let identity = Identity::load(&config.identity_key_file)
             .map_err(|e| GatewayError::Key(e.to_string()))?;
         let grants = postern_sdk::grant::load_file(&config.grant_file)
@@ -116,6 +138,10 @@ impl Runtime {
             certs,
             reloading: Mutex::new(()),
             handshakes_seen: AtomicU64::new(0),
+            control_router: control.as_ref().map(ControlPlane::router),
+            control,
+            store_keys: Mutex::new(Arc::new(store_keys)),
+            file_keys: Mutex::new(file_keys),
         }))
     }
 
@@ -127,13 +153,61 @@ impl Runtime {
     /// Swaps in `config` (validated by `postern_config`). On `Err` nothing changed; the
     /// failure is counted either way by the caller through [`Self::count_failed_reload`] or
     /// here on success.
-    pub fn reload(&self, mut config: GatewayConfig) -> Result<ReloadReport, GatewayError> {
+    pub fn reload(&self, config: GatewayConfig) -> Result<ReloadReport, GatewayError> {
         let _one = self
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        let report = self.rebuild(config)?;
+        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        Ok(report)
+    }
+
+    /// Serves `keys` (the control plane's store's, all of them) from now on, next to the
+    /// file's keys; a store key whose id a file key has is left out (the file wins).
+    pub fn set_store_keys(&self, keys: Vec<ApiKeyConfig>) -> Result<u64, GatewayError> {
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let previous = std::mem::replace(
+            &mut *self
+                .store_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+            Arc::new(keys),
+        );
+        let mut config = (*self.snapshot().config).clone();
+        config.api_keys = self
+            .file_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match self.rebuild(config) {
+            Ok(report) => Ok(report.generation),
+            Err(e) => {
+                *self
+                    .store_keys
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = previous;
+                Err(e)
+            }
+        }
+    }
+
+    /// Builds and swaps in a snapshot of `config` (file keys only) plus the store's keys.
+    /// The caller holds `reloading`.
+    fn rebuild(&self, mut config: GatewayConfig) -> Result<ReloadReport, GatewayError> {
         let running = self.snapshot();
         let needs_restart = keep_restart_only(&running.config, &mut config);
+        let file_keys = config.api_keys.clone();
+        let store_keys = Arc::clone(
+            &self
+                .store_keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        merge_keys(&mut config.api_keys, &store_keys);
         let generation = running.generation + 1;
         let snapshot = Snapshot::build(
             config,
@@ -160,7 +234,10 @@ impl Runtime {
             resolver.store(Arc::clone(certs));
         }
         self.snapshot.store(Arc::new(snapshot));
-        self.metrics.config_reloads.with_label_values(&["ok"]).inc();
+        *self
+            .file_keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = file_keys;
         Ok(ReloadReport {
             generation,
             needs_restart,
@@ -211,6 +288,18 @@ pub fn check_offline(config: GatewayConfig) -> Result<(), GatewayError> {
 
 /// Compares the settings that only apply at start; where `new` differs from `running`, the
 /// running value is put back into `new` and the setting is named in the result.
+/// Appends the store's keys to the file's, leaving out any whose id the file already has.
+fn merge_keys(keys: &mut Vec<ApiKeyConfig>, store: &[ApiKeyConfig]) {
+    let file_ids: std::collections::HashSet<String> = keys.iter().map(|k| k.id.clone()).collect();
+    for key in store {
+        if file_ids.contains(&key.id) {
+            tracing::warn!(key_id = %key.id, "a store key has the id of a file key: the file's is served");
+        } else {
+            keys.push(key.clone());
+        }
+    }
+}
+
 fn keep_restart_only(running: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'static str> {
     let mut changed = Vec::new();
     macro_rules! keep {
@@ -237,6 +326,7 @@ fn keep_restart_only(running: &GatewayConfig, new: &mut GatewayConfig) -> Vec<&'
     // Both are also HTTP/2 settings of the listener, fixed when it is bound.
     keep!(limits.max_header_bytes);
     keep!(limits.keepalive_timeout);
+    keep!(control);
     changed
 }
 

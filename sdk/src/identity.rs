@@ -81,6 +81,13 @@ impl Identity {
         self.signing.verifying_key()
     }
 
+    /// The Ed25519 signing key itself, for a signer that lives in the same process as this
+    /// identity: the control plane signs its audit checkpoints with its own identity (the
+    /// messages carry a domain prefix of their own, so they never read as a grant).
+    pub fn signing_key(&self) -> SigningKey {
+        self.signing.clone()
+    }
+
     pub fn public_base64(&self) -> String {
         B64.encode(self.verifying_key().as_bytes())
     }
