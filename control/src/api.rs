@@ -1345,8 +1345,8 @@ async fn update_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let ws = workspace_of(&caller)?;
-    let input: KeyPatch = parse_body(&body)?;
     let key = key_of(&cp, ws, &id).await?;
+    let input: KeyPatch = parse_body(&body)?;
     let mut next = key.clone();
     let mut errors = Vec::new();
     if let Some(name) = input.name {
@@ -1424,6 +1424,7 @@ async fn rotate_key(
 ) -> Response {
     let run = || async {
         let ws = workspace_of(&caller)?;
+        let old = key_of(&cp, ws, &id).await?;
         let input: RotateKey = parse_body(&body)?;
         if !(0..=MAX_OVERLAP_SECS).contains(&input.overlap_seconds) {
             return Err(ApiError::invalid(vec![FieldError {
@@ -1431,7 +1432,6 @@ async fn rotate_key(
                 message: format!("must be 0 to {MAX_OVERLAP_SECS}"),
             }]));
         }
-        let old = key_of(&cp, ws, &id).await?;
         if old.revoked_at.is_some() {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,

@@ -31,6 +31,8 @@ pub struct TestGateway {
     pub config_path: std::path::PathBuf,
     /// The text first written there.
     pub toml: String,
+    /// The bootstrap admin token, when the gateway runs the control plane.
+    pub admin_token: Option<String>,
     shutdown: watch::Sender<bool>,
     serving: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -96,6 +98,8 @@ impl GatewayFiles {
         let key_path = dir.path().join("gw.key");
         std::fs::write(&cert_path, cert.cert.pem()).unwrap();
         std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+        net.save_control_plane_key(&dir.path().join("control-plane.key"));
+        let extra_toml = extra_toml.replace("@DIR@", &dir.path().display().to_string());
         let (api_toml, api_key) = api_key_toml("all", "\"*\"", "");
         let https: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -172,8 +176,15 @@ impl TestGateway {
         std::fs::write(&config_path, &toml).unwrap();
         let config =
             postern_config::load_gateway(&config_path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let runtime = Runtime::start(config).unwrap();
+        let opened = postern_gateway::control::open_with_keys(&config.control)
+            .await
+            .unwrap_or_else(|e| panic!("control plane: {e}"));
+        let runtime = Runtime::start_with_control(config, opened.control, opened.keys).unwrap();
+        postern_gateway::control::follow(Arc::clone(&runtime));
         let gateway = postern_gateway::server::Gateway::bind(Arc::clone(&runtime)).unwrap();
+        let admin_token = postern_gateway::control::bootstrap_token(&runtime)
+            .await
+            .unwrap();
         let (https, http) = (gateway.https_addr().unwrap(), gateway.http_addr().unwrap());
         let metrics = gateway.metrics_addr().unwrap();
         let (tx, rx) = watch::channel(false);
@@ -188,10 +199,25 @@ impl TestGateway {
             ca: files.ca,
             config_path,
             toml,
+            admin_token,
             shutdown: tx,
             serving,
             _dir: files.dir,
         }
+    }
+
+    /// A gateway running the control plane on `db_url` (keys refreshed every 200 ms when
+    /// another process changes them), with `extra_toml` appended.
+    pub async fn start_with_control(
+        net: &TestNet,
+        leases: &[(&str, &Identity)],
+        db_url: &str,
+        extra_toml: &str,
+    ) -> Self {
+        let control = format!(
+            "[control]\ndatabase_url = \"{db_url}\"\nsigning_key_file = \"@DIR@/control-plane.key\"\nrefresh_interval = \"200ms\"\n\n{extra_toml}"
+        );
+        Self::start(net, leases, &control).await
     }
 
     /// Writes `toml` over the watched config file and waits (bounded) until the gateway has

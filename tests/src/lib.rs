@@ -25,6 +25,7 @@ use postern_sdk::{
 use tokio::net::TcpListener;
 
 pub mod gateway;
+pub mod postgres;
 pub mod redis;
 pub mod tap;
 
@@ -97,6 +98,17 @@ impl TestNet {
 
     pub fn relay_url(&self) -> RelayUrl {
         RelayUrl::parse(&format!("ws://{}", self.relay_addr)).unwrap()
+    }
+
+    /// Writes this net's control plane key to `path` (the gateway's `[control]
+    /// signing_key_file`).
+    pub fn save_control_plane_key(&self, path: &std::path::Path) {
+        self.control_plane.save(path).unwrap();
+    }
+
+    /// This net's control plane's public key.
+    pub fn control_plane_public(&self) -> ed25519_dalek::VerifyingKey {
+        self.control_plane.verifying_key()
     }
 
     /// A grant signed by this net's control plane.
@@ -175,7 +187,8 @@ pub fn target(lease: &str, owner: &Identity) -> LeaseTarget {
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-fn full(b: impl Into<Bytes>) -> Body {
+/// A whole request or response body.
+pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|n| match n {}).boxed()
 }
 
