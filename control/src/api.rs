@@ -364,11 +364,23 @@ async fn resolve_workspace(
     segment: &str,
 ) -> Result<Option<Workspace>, ApiError> {
     let segment = percent_decode(segment);
+    if !is_ident(&segment) {
+        return Ok(None);
+    }
     if segment.starts_with("ws_") {
         Ok(cp.store.workspace(&segment).await?)
     } else {
         Ok(cp.store.workspace_by_name(&segment).await?)
     }
+}
+
+/// Whether `s` can be an id or a name this API made: 1 to 128 characters of
+/// `[A-Za-z0-9_-]`. Anything else is looked up nowhere (a NUL byte, say, would be refused by
+/// PostgreSQL as an error rather than found absent).
+fn is_ident(s: &str) -> bool {
+    (1..=128).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Decodes `%XX` escapes (anything else passes through); ids and names are ASCII, so an
@@ -589,6 +601,22 @@ impl ListParams {
                 field: "limit".into(),
                 message: format!("must be 1 to {}", crate::store::MAX_PAGE),
             }]));
+        }
+        let bad = |field: &str| {
+            ApiError::invalid(vec![FieldError {
+                field: field.into(),
+                message: "not a name or id this API makes".into(),
+            }])
+        };
+        if after.as_deref().is_some_and(|a| !is_ident(a)) {
+            return Err(bad("cursor"));
+        }
+        if self
+            .name
+            .as_deref()
+            .is_some_and(|n| n.len() > 128 || n.chars().any(char::is_control))
+        {
+            return Err(bad("name"));
         }
         Ok(ListQuery {
             after,
@@ -1300,6 +1328,9 @@ async fn list_keys(
 }
 
 async fn key_of(cp: &ControlPlane, ws: &Workspace, id: &str) -> Result<ApiKeyRecord, ApiError> {
+    if !is_ident(id) {
+        return Err(ApiError::not_found());
+    }
     cp.store
         .api_key(&ws.id, id)
         .await?

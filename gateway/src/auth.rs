@@ -570,6 +570,7 @@ mod tests {
     use argon2::password_hash::{PasswordHasher, SaltString};
     use http::HeaderValue;
     use rand::distributions::{Alphanumeric, DistString};
+    use rand::Rng;
 
     use super::*;
 

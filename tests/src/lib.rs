@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 
 pub mod gateway;
 pub mod postgres;
+pub mod python;
 pub mod redis;
 pub mod tap;
 

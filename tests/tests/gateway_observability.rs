@@ -13,7 +13,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,8 +31,6 @@ type Body = BoxBody<Bytes, hyper::Error>;
 
 /// Longest any single step (a request, a scrape, a log line) may take.
 const STEP: Duration = Duration::from_secs(10);
-/// Creating the venv and `pip install`, first run only.
-const INSTALL_TIMEOUT: Duration = Duration::from_secs(900);
 /// One run of the parser script.
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -85,136 +82,7 @@ print(json.dumps(out))
 /// A Python that can import `prometheus_client`, found or made once per test process.
 fn python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(find_python)
-}
-
-fn can_import(python: &Path) -> Result<(), String> {
-    let out = run(
-        Command::new(python)
-            .args(["-c", "import prometheus_client.parser"])
-            .current_dir(std::env::temp_dir()),
-        PYTHON_TIMEOUT,
-    )?;
-    if out.0 {
-        Ok(())
-    } else {
-        Err(out.2.trim().lines().last().unwrap_or_default().to_owned())
-    }
-}
-
-fn find_python() -> PathBuf {
-    let requirements = Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp/requirements.txt");
-    if let Some(python) = std::env::var_os("POSTERN_TEST_PYTHON") {
-        let python = match Path::new(&python).components().count() {
-            1 => PathBuf::from(python),
-            _ => std::path::absolute(&python).expect("absolute POSTERN_TEST_PYTHON"),
-        };
-        if let Err(why) = can_import(&python) {
-            panic!(
-                "POSTERN_TEST_PYTHON={} cannot import prometheus_client: {why}\n\
-                 Install it with `{} -m pip install -r {}`, or unset POSTERN_TEST_PYTHON and \
-                 this test makes its own venv.",
-                python.display(),
-                python.display(),
-                requirements.display()
-            );
-        }
-        return python;
-    }
-    // The venv tests/tests/gateway_mcp.rs makes: `<target>/postern-test-python`.
-    let venv = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("postern-test-python");
-    let python = venv.join("bin").join("python");
-    if can_import(&python).is_ok() {
-        return python;
-    }
-    let help = "Install python3 with venv and pip (Debian/Ubuntu: apt-get install -y python3 \
-                python3-venv python3-pip), or set POSTERN_TEST_PYTHON to a Python that has the \
-                packages in tests/mcp/requirements.txt.";
-    eprintln!(
-        "gateway_observability: installing tests/mcp/requirements.txt into {} (first run only)",
-        venv.display()
-    );
-    if !python.exists() {
-        let made = run(
-            Command::new("python3")
-                .arg("-m")
-                .arg("venv")
-                .arg(&venv)
-                .current_dir(std::env::temp_dir()),
-            INSTALL_TIMEOUT,
-        );
-        match made {
-            Ok((true, ..)) => {}
-            Ok((false, out, err)) => panic!("`python3 -m venv` failed\n{out}{err}\n{help}"),
-            Err(e) => panic!("{e}\n{help}"),
-        }
-    }
-    let installed = run(
-        Command::new(&python)
-            .args(["-m", "pip", "install", "--disable-pip-version-check", "-r"])
-            .arg(&requirements)
-            .current_dir(std::env::temp_dir()),
-        INSTALL_TIMEOUT,
-    );
-    match installed {
-        Ok((true, ..)) => {}
-        Ok((false, out, err)) => panic!("pip install failed\n{out}{err}\n{help}"),
-        Err(e) => panic!("{e}\n{help}"),
-    }
-    if let Err(why) = can_import(&python) {
-        panic!(
-            "{} still cannot import prometheus_client: {why}\n{help}",
-            python.display()
-        );
-    }
-    python
-}
-
-/// Runs `cmd` to completion within `timeout`: (success, stdout, stderr).
-fn run(cmd: &mut Command, timeout: Duration) -> Result<(bool, String, String), String> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {what}: {e}"))?;
-    let stdout = drain(child.stdout.take().unwrap());
-    let stderr = drain(child.stderr.take().unwrap());
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what} did not finish within {timeout:?}"));
-            }
-            Err(e) => return Err(format!("waiting for {what}: {e}")),
-        }
-    };
-    // The pipes close with the child (no grandchildren here).
-    std::thread::sleep(Duration::from_millis(20));
-    let text = |b: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&b.lock().unwrap()).into_owned();
-    Ok((status.success(), text(&stdout), text(&stderr)))
-}
-
-/// Copies everything `from` yields into a shared buffer, on a thread of its own.
-fn drain(mut from: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
-    let into = Arc::clone(&buf);
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 8192];
-        while let Ok(n @ 1..) = from.read(&mut chunk) {
-            into.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    buf
+    PYTHON.get_or_init(|| postern_tests::python::with_module("prometheus_client.parser"))
 }
 
 /// One sample as the Prometheus parser read it.
@@ -245,7 +113,7 @@ async fn parse_exposition(text: &str) -> Vec<Sample> {
     let script = dir.path().join("parse.py");
     std::fs::write(&script, PARSE_SCRIPT).unwrap();
     let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
-        run(
+        postern_tests::python::run(
             Command::new(python()).arg(&script).arg(&file),
             PYTHON_TIMEOUT,
         )
@@ -477,7 +345,7 @@ impl GatewayProcess {
             .stderr(Stdio::piped())
             .spawn()
             .expect("postern-gateway starts");
-        let stderr = drain(child.stderr.take().unwrap());
+        let stderr = postern_tests::python::drain(child.stderr.take().unwrap());
         Self { child, stderr }
     }
 
